@@ -1,0 +1,3 @@
+from asapbench.cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""Generator inputs: realistic label maps, instance edges and the official input encoding.
+
+The encoding follows the official code (shared/docs/official-behaviour.md, section 0): one-hot of
+the label map (channel c is 1.0 where label == c), an optional don't-care channel, then the
+instance-edge channel. Edges: a pixel is 1.0 where its instance id differs from any existing
+4-neighbour (both pixels of an unequal pair are marked; no diagonals, no wrap-around).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def instance_edges(inst: torch.Tensor) -> torch.Tensor:
+    """Instance-edge map of integer ids ``[N, 1, H, W]`` (or ``[H, W]``) as float 0/1, same shape."""
+    squeeze = inst.dim() == 2
+    t = inst.reshape(1, 1, *inst.shape) if squeeze else inst
+    edge = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
+    dx = t[..., :, 1:] != t[..., :, :-1]
+    dy = t[..., 1:, :] != t[..., :-1, :]
+    edge[..., :, 1:] |= dx
+    edge[..., :, :-1] |= dx
+    edge[..., 1:, :] |= dy
+    edge[..., :-1, :] |= dy
+    out = edge.float()
+    return out.reshape(inst.shape) if squeeze else out
+
+
+def encode_labels(
+    labels: torch.Tensor,
+    label_nc: int,
+    instances: torch.Tensor | None = None,
+    contain_dontcare: bool = False,
+) -> torch.Tensor:
+    """Official generator input from an integer label map ``[N, 1, H, W]`` (and instance ids).
+
+    Returns float32 ``[N, label_nc (+1 dontcare) (+1 edge), H, W]``.
+    """
+    if labels.dim() == 3:
+        labels = labels.unsqueeze(1)
+    n_cls = label_nc + (1 if contain_dontcare else 0)
+    lab = labels.long()
+    if int(lab.min()) < 0 or int(lab.max()) >= n_cls:
+        raise ValueError(f"label ids must lie in [0, {n_cls - 1}], got [{int(lab.min())}, {int(lab.max())}]")
+    onehot = torch.zeros(lab.shape[0], n_cls, *lab.shape[2:], dtype=torch.float32, device=lab.device)
+    onehot.scatter_(1, lab, 1.0)
+    if instances is None:
+        return onehot
+    if instances.dim() == 3:
+        instances = instances.unsqueeze(1)
+    return torch.cat([onehot, instance_edges(instances)], dim=1)
+
+
+def random_label_map(
+    batch: int, height: int, width: int, label_nc: int, seed: int = 0, blobs: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Realistic synthetic label and instance maps: random blobs of classes (a Voronoi partition).
+
+    Returns (labels, instances), both int64 ``[N, 1, H, W]``. Deterministic for a given seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = blobs or max(4, min(48, (height * width) // 4096 + 4))
+    ys = torch.arange(height, dtype=torch.float32).view(height, 1)
+    xs = torch.arange(width, dtype=torch.float32).view(1, width)
+    labels, insts = [], []
+    for _ in range(batch):
+        cy = torch.rand(n, generator=g) * height
+        cx = torch.rand(n, generator=g) * width
+        # anisotropic distances give irregular, non-convex-looking regions
+        sy = 0.5 + torch.rand(n, generator=g)
+        sx = 0.5 + torch.rand(n, generator=g)
+        d = ((ys.unsqueeze(0) - cy.view(n, 1, 1)) * sy.view(n, 1, 1)) ** 2 + (
+            (xs.unsqueeze(0) - cx.view(n, 1, 1)) * sx.view(n, 1, 1)
+        ) ** 2
+        owner = d.argmin(0)  # [H, W] blob index
+        cls = torch.randint(0, label_nc, (n,), generator=g)
+        labels.append(cls[owner])
+        insts.append(cls[owner] * 1000 + owner)
+    return torch.stack(labels).unsqueeze(1), torch.stack(insts).unsqueeze(1)
+
+
+def label_palette(label_nc: int, seed: int = 12345) -> torch.Tensor:
+    """A fixed RGB colour per label, float ``[label_nc, 3]`` in [-1, 1] (pix2pix-style label images)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(label_nc, 3, generator=g) * 2 - 1
+
+
+def labels_to_image(labels: torch.Tensor, label_nc: int) -> torch.Tensor:
+    """Render an integer label map ``[N, 1, H, W]`` as an RGB image in [-1, 1] (pix2pix input)."""
+    pal = label_palette(label_nc).to(labels.device)
+    return pal[labels.squeeze(1).long()].permute(0, 3, 1, 2).contiguous()
+
+
+def example_input(model, batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A realistic input tensor for ``model`` (any asapbench generator) at H x W, on the CPU, float32."""
+    label_nc = model.label_nc or 19
+    labels, inst = random_label_map(batch, height, width, label_nc, seed=seed)
+    if model.input_kind == "image":
+        return labels_to_image(labels, label_nc)
+    return encode_labels(
+        labels, label_nc, inst if model.instance_edge else None, contain_dontcare=model.contain_dontcare
+    )
+
+
+def resize_labels(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest-neighbour resize of an integer map ``[N, 1, h, w]`` (legacy 'nearest', as the official loaders)."""
+    return F.interpolate(labels.float(), size=(height, width), mode="nearest").to(labels.dtype)

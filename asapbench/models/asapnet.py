@@ -1,0 +1,251 @@
+"""ASAP-Net generator (Shaham et al., CVPR 2021), written from the paper, its supplement and the
+official forward specification (shared/docs/official-behaviour.md, section 1).
+
+Two streams:
+- a low-resolution convolutional stream that turns the (tent-downsampled) label map into a grid of
+  per-tile MLP parameters ``P [N, C_total, H/S, W/S]``;
+- a full-resolution pixelwise stream: every pixel runs the 5-layer MLP of its S x S tile on
+  ``[labels, cosine positional encoding]``, computed as one batched matrix product per layer
+  over all tiles (per-pixel weights are never materialised).
+
+State-dict keys and shapes equal the official ``ASAPNetsGenerator`` (``lowres_stream.model.<i>``),
+so official checkpoints load by name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asapbench.errors import UserError
+from asapbench.models.base import Generator
+
+
+def _is_pow2(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed (parameter-free) pieces
+# --------------------------------------------------------------------------------------------
+def tent_kernel(s: int) -> torch.Tensor:
+    """1-D tent ("bilinear") kernel of length 2s: 1, 3, ..., 2s-1, mirrored, divided by 2 s^2."""
+    half = torch.arange(1, 2 * s, 2, dtype=torch.float32, device="cpu")
+    return torch.cat([half, half.flip(0)]) / (2 * s * s)
+
+
+def tent_downsample(x: torch.Tensor, s: int, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """Downsample ``x [N, C, H, W]`` by ``s``: reflect-pad s//2, depthwise 1x2s (stride s) then 2sx1.
+
+    Output pixel j is centred on input block [s j, s j + s - 1]. Returns ``[N, C, H/s, W/s]``.
+    """
+    c = x.shape[1]
+    k = (tent_kernel(s) if kernel is None else kernel).to(device=x.device, dtype=x.dtype)
+    p = s // 2
+    x = F.pad(x, (p, p, p, p), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, 2 * s).expand(c, 1, 1, 2 * s), stride=(1, s), groups=c)
+    x = F.conv2d(x, k.view(1, 1, 2 * s, 1).expand(c, 1, 2 * s, 1), stride=(s, 1), groups=c)
+    return x
+
+
+def positional_table(scale: int) -> torch.Tensor:
+    """Cosine positional encoding of the pixels of one S x S tile: float32 ``[S*S, 4*log2(S)]``.
+
+    Row ``a*S + b`` is the pixel at tile row a, column b. Per level, periods f = S, S/2, ..., 2
+    (coarsest first), channels (cos θx, sin θx, cos θy, sin θy) with θ = 2π (coord mod f) / f.
+    Every period divides S, so the table is the same for every tile. Computed in float32 on the
+    CPU, rounding after each step, as the official code does (bit-exact).
+    """
+    levels = int(math.log2(scale))
+    coord = torch.arange(scale, dtype=torch.float32, device="cpu")
+    two_pi = torch.tensor(2 * math.pi, dtype=torch.float32, device="cpu")
+    chans = []
+    for lvl in range(levels):
+        f = torch.tensor(float(scale // (2**lvl)), dtype=torch.float32, device="cpu")
+        theta = torch.remainder(coord, f) * two_pi / f  # [S]
+        cx = torch.cos(theta).view(1, scale).expand(scale, scale)  # varies along columns (x)
+        sx = torch.sin(theta).view(1, scale).expand(scale, scale)
+        cy = torch.cos(theta).view(scale, 1).expand(scale, scale)  # varies along rows (y)
+        sy = torch.sin(theta).view(scale, 1).expand(scale, scale)
+        chans += [cx, sx, cy, sy]
+    if not chans:
+        return torch.zeros(scale * scale, 0, device="cpu")
+    return torch.stack(chans, dim=-1).reshape(scale * scale, 4 * levels).contiguous()
+
+
+def mlp_param_count(channels: list[int]) -> int:
+    """Parameters of one pixelwise MLP with layer widths ``channels``: Σ (c_in c_out + c_out)."""
+    return sum(ci * co + co for ci, co in zip(channels[:-1], channels[1:]))
+
+
+# --------------------------------------------------------------------------------------------
+# Low-resolution stream
+# --------------------------------------------------------------------------------------------
+class _Block(nn.Module):
+    """C{w}S1 block of the LR stream: (pad) conv3x3 + IN(affine) + ReLU, no residual."""
+
+    def __init__(self, width: int, reflection_pad: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        if reflection_pad:
+            layers.append(nn.ReflectionPad2d(1))
+        layers += [_conv_in(width, width, 1, reflection_pad), nn.ReLU()]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.conv_block(x)
+
+
+def _conv_in(cin: int, cout: int, stride: int, reflection_pad: bool) -> nn.Sequential:
+    """3x3 conv without bias (a norm follows) + InstanceNorm2d(affine): keys ``0.weight``, ``1.weight/bias``."""
+    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=0 if reflection_pad else 1, bias=False)
+    return nn.Sequential(conv, nn.InstanceNorm2d(cout, affine=True, track_running_stats=False))
+
+
+class LowResStream(nn.Module):
+    """C{w}S1, (log2 S2 - 1) x C{w}S2, C{max}S2, depth x C{max}S1, then a 1x1 conv to C_total."""
+
+    def __init__(
+        self, in_nc: int, out_nc: int, ds_factor: int, width: int, max_width: int, depth: int, reflection_pad: bool
+    ):
+        super().__init__()
+        n_down = int(math.log2(ds_factor))
+        layers: list[nn.Module] = []
+
+        def conv(cin, cout, stride):
+            if reflection_pad:
+                layers.append(nn.ReflectionPad2d(1))
+            layers.append(_conv_in(cin, cout, stride, reflection_pad))
+            layers.append(nn.ReLU())
+
+        conv(in_nc, width, 1)
+        for i in range(n_down):
+            conv(width, max_width if i == n_down - 1 else width, 2)
+        for _ in range(depth):
+            layers.append(_Block(max_width, reflection_pad))
+        layers.append(nn.Conv2d(max_width, out_nc, 1, bias=True))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):  # (N, C_in, h*S2, w*S2) -> (N, C_total, h, w)
+        return self.model(x)
+
+
+# --------------------------------------------------------------------------------------------
+# The generator
+# --------------------------------------------------------------------------------------------
+class ASAPNetGenerator(Generator):
+    """ASAP-Net generator.
+
+    Args:
+        label_nc: semantic classes one-hot encoded in the input.
+        instance_edge: the input's last channel is the instance-edge map.
+        lr_instance: feed the edge channel only to the low-res stream (official Cityscapes setting).
+        scale: S, the total downsampling factor = tile size of the pixelwise MLPs (power of two,
+            multiple of ``ds_factor``). The official code sets S = crop_height / 16.
+        ds_factor: S2, the learned downsampling of the conv stream (official 16).
+        reflection_pad: reflection padding in the LR stream (official Facades); zero otherwise.
+        lr_width, lr_max_width, lr_depth: conv stream widths and number of C{max}S1 blocks.
+        hr_width, hr_depth: pixelwise MLP hidden width and number of layers.
+        contain_dontcare: one extra one-hot channel for a don't-care label.
+    """
+
+    def __init__(
+        self,
+        label_nc: int = 35,
+        instance_edge: bool = True,
+        lr_instance: bool = True,
+        scale: int = 16,
+        ds_factor: int = 16,
+        reflection_pad: bool = False,
+        lr_width: int = 64,
+        lr_max_width: int = 1024,
+        lr_depth: int = 7,
+        hr_width: int = 64,
+        hr_depth: int = 5,
+        output_nc: int = 3,
+        contain_dontcare: bool = False,
+    ):
+        super().__init__()
+        if not _is_pow2(ds_factor) or ds_factor < 2:
+            raise ValueError(f"ds_factor must be a power of two >= 2, got {ds_factor}")
+        if not _is_pow2(scale) or scale < ds_factor:
+            raise ValueError(f"scale S must be a power of two >= ds_factor ({ds_factor}), got {scale}")
+        self.label_nc = label_nc
+        self.contain_dontcare = contain_dontcare
+        self.instance_edge = instance_edge
+        self.lr_instance = lr_instance and instance_edge
+        self.scale = scale
+        self.ds_factor = ds_factor
+        self.pre_factor = scale // ds_factor  # S1 (1: no pre-downsampling)
+        self.reflection_pad = reflection_pad
+        n_labels = label_nc + (1 if contain_dontcare else 0)
+        self.input_nc = n_labels + (1 if instance_edge else 0)
+        hr_label_nc = n_labels if self.lr_instance else self.input_nc
+        self.pe_channels = 4 * int(math.log2(scale))
+        self.mlp_channels = [hr_label_nc + self.pe_channels] + [hr_width] * (hr_depth - 1) + [output_nc]
+        self.num_mlp_params = mlp_param_count(self.mlp_channels)
+        self.lowres_stream = LowResStream(
+            self.input_nc, self.num_mlp_params, ds_factor, lr_width, lr_max_width, lr_depth, reflection_pad
+        )
+        # Fixed tables that depend only on the configuration (not on the batch): never in the state dict.
+        self.register_buffer("pos_table", positional_table(scale), persistent=False)
+        self.register_buffer("tent", tent_kernel(self.pre_factor) if self.pre_factor > 1 else torch.zeros(0, device="cpu"), persistent=False)
+
+    # geometry -----------------------------------------------------------------------------
+    def size_multiple(self) -> tuple[int, int]:
+        return self.scale, self.scale
+
+    def geometry(self, height: int, width: int) -> dict:
+        """S1, S2, S, grid, tile and positional channels for an H x W input."""
+        self.check_input_size(height, width)
+        return {
+            "S": self.scale,
+            "S1": self.pre_factor,
+            "S2": self.ds_factor,
+            "lr_input": [height // self.pre_factor, width // self.pre_factor],
+            "grid": [height // self.scale, width // self.scale],
+            "tile": [self.scale, self.scale],
+            "pe_channels": self.pe_channels,
+            "mlp_channels": list(self.mlp_channels),
+            "mlp_params": self.num_mlp_params,
+        }
+
+    # streams ------------------------------------------------------------------------------
+    def lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-tile MLP parameters ``[N, C_total, H/S, W/S]`` for the input ``x [N, C, H, W]``."""
+        lr_in = x if self.pre_factor == 1 else tent_downsample(x, self.pre_factor, self.tent)
+        return self.lowres_stream(lr_in)
+
+    def pixelwise(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Run each tile's MLP on its pixels: ``hr_in [N, C, H, W]``, ``params [N, C_total, h, w]``."""
+        n, c, height, width = hr_in.shape
+        s = self.scale
+        h, w = height // s, width // s
+        # (N, C, h, S, w, S) -> (N, h, w, S, S, C) -> (N, h, w, S*S, C); pixel (a, b) of a tile at a*S + b
+        feats = hr_in.reshape(n, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1).reshape(n, h, w, s * s, c)
+        pe = self.pos_table.to(device=feats.device, dtype=feats.dtype).expand(n, h, w, s * s, self.pe_channels)
+        feats = torch.cat([feats, pe], dim=-1)  # labels first, then the encoding
+        p = params.permute(0, 2, 3, 1)  # (N, h, w, C_total)
+        off = 0
+        n_layers = len(self.mlp_channels) - 1
+        for i, (ci, co) in enumerate(zip(self.mlp_channels[:-1], self.mlp_channels[1:])):
+            bias = p[..., off : off + co].unsqueeze(3)  # (N, h, w, 1, co); bias block first
+            off += co
+            weight = p[..., off : off + ci * co].reshape(n, h, w, ci, co)  # c_in-major
+            off += ci * co
+            feats = torch.matmul(feats, weight) + bias  # (N, h, w, S*S, co)
+            feats = torch.tanh(feats) if i == n_layers - 1 else F.leaky_relu(feats, 0.01)
+        co = self.mlp_channels[-1]
+        out = feats.reshape(n, h, w, s, s, co).permute(0, 5, 1, 3, 2, 4)  # (N, co, h, S, w, S)
+        return out.reshape(n, co, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
+        if x.dim() != 4 or x.shape[1] != self.input_nc:
+            raise UserError(f"ASAP-Net expects input [N, {self.input_nc}, H, W], got {list(x.shape)}")
+        self.check_input_size(int(x.shape[2]), int(x.shape[3]))
+        params = self.lowres(x)
+        hr_in = x[:, :-1] if self.lr_instance else x
+        return self.pixelwise(hr_in, params)

@@ -1,0 +1,157 @@
+"""Model registry: every generator variant is a named entry with named presets.
+
+``create_generator(name, preset=None, **overrides)`` is the only way to build a generator.
+A preset is a set of constructor keyword arguments (the official configuration of one
+checkpoint); ``overrides`` replace single keyword arguments. Unknown names, presets or
+keyword arguments raise :class:`asapbench.errors.UserError` listing the valid choices.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from asapbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One configuration of a generator (usually the one an official checkpoint was trained with)."""
+
+    name: str
+    kwargs: dict[str, Any]
+    resolution: tuple[int, int]  # (H, W) the preset was trained / is timed at by the paper
+    manifest: str | None = None  # file name in shared/reference/official_state_dicts
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., Any]
+    presets: dict[str, Preset]
+    default_preset: str
+    description: str = ""
+    tiny: bool = False  # a small test variant
+    family: str = ""  # the full model a tiny variant stands in for
+    input_kind: str = "labels"  # "labels" (one-hot + instance edge) or "image" (pix2pix RGB)
+    tags: tuple[str, ...] = field(default_factory=tuple)
+    #: (H, W) -> (preset, overrides): how the paper configures this model for a resolution.
+    #: None: the preset trained at exactly H x W if there is one, else the default preset.
+    configure: Callable[[int, int], tuple[str, dict[str, Any]]] | None = None
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_LOADED = False
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the registry (called at import time by asapbench.models and baselines)."""
+    if spec.default_preset not in spec.presets:
+        raise ValueError(f"{spec.name}: default preset {spec.default_preset!r} is not among its presets")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import asapbench.models  # noqa: F401  (registers asapnet)
+    import baselines  # noqa: F401  (registers pix2pixhd, spade, pix2pix)
+
+
+def model_names(include_tiny: bool = True) -> list[str]:
+    _ensure_loaded()
+    return [n for n, s in _REGISTRY.items() if include_tiny or not s.tiny]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Look a model up by name; an unknown name raises UserError listing the valid ones."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(
+            f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)} (see `asapbench models`)"
+        ) from None
+
+
+def get_preset(name: str, preset: str | None = None) -> Preset:
+    spec = get_spec(name)
+    preset = preset or spec.default_preset
+    try:
+        return spec.presets[preset]
+    except KeyError:
+        raise UserError(
+            f"unknown preset {preset!r} for model {name!r}; choose one of: {', '.join(spec.presets)}"
+        ) from None
+
+
+def list_models(include_tiny: bool = True) -> list[dict[str, Any]]:
+    """Names, presets and descriptions of every registered generator."""
+    out = []
+    for n in model_names(include_tiny):
+        s = _REGISTRY[n]
+        out.append(
+            {
+                "name": n,
+                "presets": list(s.presets),
+                "default_preset": s.default_preset,
+                "description": s.description,
+                "tiny": s.tiny,
+                "input_kind": s.input_kind,
+            }
+        )
+    return out
+
+
+def resolve_kwargs(name: str, preset: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """The constructor keyword arguments of ``name``/``preset`` with ``overrides`` applied."""
+    spec = get_spec(name)
+    p = get_preset(name, preset)
+    params = inspect.signature(spec.builder).parameters
+    unknown = [k for k in overrides if k not in params]
+    if unknown:
+        raise UserError(
+            f"{name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(params)}"
+        )
+    kwargs = dict(p.kwargs)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def create_generator(name: str, preset: str | None = None, **overrides: Any):
+    """Build a generator ``torch.nn.Module`` by registry name and preset.
+
+    The returned module carries ``model_name``, ``preset`` and ``config`` (the constructor
+    keyword arguments) so that checkpoints and exports can record exactly what was built.
+    """
+    spec = get_spec(name)
+    p = get_preset(name, preset)
+    kwargs = resolve_kwargs(name, p.name, **overrides)
+    try:
+        model = spec.builder(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{name} ({p.name}): invalid configuration: {exc}") from exc
+    model.model_name = name
+    model.preset = p.name
+    model.config = dict(kwargs)
+    return model
+
+
+def configure_for_resolution(name: str, height: int, width: int) -> tuple[str, dict[str, Any]]:
+    """(preset, overrides) with which the paper would run ``name`` at H x W.
+
+    ASAP-Net uses S = H/16 (a 16-row parameter grid); the baselines use the preset trained at that
+    resolution where one exists. The result still has to pass the generator's size check.
+    """
+    spec = get_spec(name)
+    if spec.configure is not None:
+        return spec.configure(height, width)
+    for p in spec.presets.values():
+        if p.resolution == (height, width):
+            return p.name, {}
+    return spec.default_preset, {}
