@@ -1,0 +1,47 @@
+"""Shared test helpers: where ../shared is, and markers that skip without GPU / TensorRT."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test when that folder is absent (fresh clone)."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is absent (../shared is not next to this checkout)")
+    return p
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_gpu = False
+    try:
+        import tensorrt  # noqa: F401
+
+        has_trt, trt_reason = True, ""
+    except Exception as exc:
+        has_trt, trt_reason = False, f"tensorrt is not importable ({type(exc).__name__}); install asapbench[trt] on a machine with an NVIDIA GPU"
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none is visible to torch"))
+        if "trt" in item.keywords:
+            if not has_trt:
+                item.add_marker(pytest.mark.skip(reason=trt_reason))
+            elif not has_gpu:
+                item.add_marker(pytest.mark.skip(reason="TensorRT needs a CUDA GPU; none is visible to torch"))
