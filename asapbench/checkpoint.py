@@ -116,8 +116,9 @@ def load_generator(
 ):
     """Build ``name``/``preset`` and load the checkpoint at ``path`` into it; returns the model in eval mode.
 
-    With ``preset=None`` the preset comes from the ``run.json`` that ``asapbench train`` writes beside
-    its checkpoints, else the one preset of ``name`` whose shapes fit the file, else the default.
+    The ``run.json`` that ``asapbench train`` writes beside its checkpoints supplies the preset (when
+    ``preset`` is None) and the overrides the run needed (when the preset is the recorded one).
+    Otherwise ``preset=None`` picks the preset of ``name`` whose shapes fit the file, else the default.
     """
     from asapbench.registry import create_generator, get_spec
 
@@ -126,8 +127,9 @@ def load_generator(
     p = Path(path)
     spec = get_spec(name)
     sd = read_state_dict(p)
-    if preset is None:
-        preset, recorded = _run_config(p, name)
+    recorded_preset, recorded = _run_config(p, name)
+    if preset is None or preset == recorded_preset:  # the configuration `asapbench train` recorded
+        preset = preset or recorded_preset
         overrides = {**recorded, **overrides}
     if preset is None:
         fits = [m.split(":", 1)[1] for m in matching_presets(_shapes(sd), include_tiny=True) if m.split(":", 1)[0] == name]

@@ -203,3 +203,12 @@ def test_models_table():
 )
 def test_bad_input_is_one_line_exit_2(args, needles):
     assert_one_line_error(cli(*args), *needles)
+
+
+def test_load_generator_applies_the_overrides_recorded_by_train(tmp_path):
+    m = create_generator("asapnet-tiny", "tiny", label_nc=9)
+    save_generator(m, tmp_path / "latest_net_G.pth")
+    (tmp_path / "run.json").write_text(json.dumps({"model": "asapnet-tiny", "preset": "tiny", "overrides": {"label_nc": 9}}))
+    for preset in (None, "tiny"):
+        m2 = load_generator("asapnet-tiny", preset, tmp_path / "latest_net_G.pth")
+        assert m2.label_nc == 9 and m2.preset == "tiny"
