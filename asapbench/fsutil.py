@@ -25,6 +25,13 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") ->
     return p
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give (mkstemp makes files private, 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
     p = Path(path)
@@ -35,6 +42,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
@@ -61,6 +69,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

@@ -271,7 +271,16 @@ def test_torchrun_two_gloo_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "asapbench", *_train_args(out, 4, 2, ["--batch-size", "1"])]
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    # own process group, so that a hang kills the launcher's workers too (no orphans left behind)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("torchrun with 2 gloo processes did not finish within 180 s")
+    p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads((out / RUN_FILE).read_text())
     assert info["world_size"] == 2 and info["step"] == 4

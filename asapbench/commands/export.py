@@ -1,0 +1,252 @@
+"""`asapbench export`: ONNX (fp32 / fp16) and TensorRT engines, parity-gated (a thin shell over
+:func:`export_models`, which tests call directly)."""
+
+from __future__ import annotations
+
+import functools
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, Sequence
+
+import typer
+
+from asapbench.errors import UserError
+
+ENGINES = ("onnx", "trt", "all")
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_OUT = "out/exports"
+
+
+class Engine(str, Enum):
+    onnx = "onnx"
+    trt = "trt"
+    all = "all"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+def _build_models(
+    model: str,
+    preset: str | None,
+    checkpoint: str | None,
+    resolutions: Sequence[tuple[int, int]],
+    seed: int,
+    dynamic: bool,
+) -> list[tuple[Any, list[tuple[int, int]]]]:
+    """[(generator, [resolutions it is exported at])]: one model per configuration.
+
+    Without --preset every resolution gets the paper's configuration for it
+    (:func:`asapbench.registry.configure_for_resolution`); a --checkpoint fixes one model for all.
+    Random weights are seeded and rescaled so the output is not a saturated tanh
+    (:func:`exporters.validate.spread_random_weights`), which would make the parity gate meaningless.
+    """
+    import torch
+
+    from asapbench.registry import configure_for_resolution, create_generator, get_spec
+
+    get_spec(model)
+    if checkpoint is not None:
+        try:
+            from asapbench.checkpoint import load_generator
+        except ImportError as exc:  # pragma: no cover - the lead's module is part of the package
+            raise UserError(f"loading checkpoints is not available in this build ({exc})") from None
+        g = load_generator(model, preset, checkpoint)
+        g.prepare_for_inference()
+        return [(g, list(resolutions))]
+    groups: dict[tuple[str | None, str], tuple[Any, list[tuple[int, int]]]] = {}
+    for h, w in resolutions:
+        if preset is not None:
+            p, overrides = preset, {}
+        elif dynamic:  # one graph serves every size: configured for the first
+            p, overrides = configure_for_resolution(model, *resolutions[0])
+        else:
+            p, overrides = configure_for_resolution(model, h, w)
+        k = (p, repr(sorted(overrides.items())))
+        if k not in groups:
+            torch.manual_seed(seed)
+            g = create_generator(model, p, **overrides)
+            groups[k] = (g, [])
+        groups[k][1].append((h, w))
+    out = []
+    for g, res in groups.values():
+        from asapbench.inputs import example_input
+        from exporters.validate import calibration_size, spread_random_weights
+
+        g.prepare_for_inference()
+        ch, cw = calibration_size(g, *res[0])
+        g.check_input_size(ch, cw)
+        a = spread_random_weights(g, example_input(g, 1, ch, cw, seed=seed))
+        g.weights_note = (
+            f"random init (torch.manual_seed({seed})); last weighted layer scaled by {a:.4g} so that the output "
+            "std is ~0.4 instead of a saturated tanh (parity on saturated outputs would be meaningless)"
+        )
+        out.append((g, res))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _trt_status() -> tuple[bool, str]:
+    from exporters.trt import trt_status
+
+    return trt_status()
+
+
+def export_models(
+    model: str,
+    res: Sequence[str],
+    engine: str = "onnx",
+    precision: str = "fp32",
+    preset: str | None = None,
+    checkpoint: str | None = None,
+    dynamic: bool = False,
+    out: str | Path = DEFAULT_OUT,
+    check: bool = True,
+    seed: int = 0,
+    workspace_gb: float = 4.0,
+    batch: int = 1,
+    opset: int | None = None,
+    reuse: bool = True,
+    log: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Export ``model`` at every resolution in ``res``; returns one record per ONNX file / engine.
+
+    ``engine``: ``onnx`` (ONNX only), ``trt`` (ONNX + TensorRT engines; UserError when TensorRT or a GPU
+    is missing) or ``all`` (ONNX, and engines where TensorRT can run: otherwise says why they were skipped).
+    """
+    from asapbench.fsutil import ensure_writable_dir
+    from asapbench.resolution import format_resolution, parse_resolutions
+
+    engine = engine.value if isinstance(engine, Enum) else str(engine)
+    precision = precision.value if isinstance(precision, Enum) else str(precision)
+    if engine not in ENGINES:
+        raise UserError(f"unknown --engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    if workspace_gb <= 0:
+        raise UserError(f"--workspace-gb must be positive, got {workspace_gb}")
+    resolutions = parse_resolutions(res)
+    want_trt = engine in ("trt", "all")
+    trt_ok, trt_reason = _trt_status() if want_trt else (False, "")
+    if engine == "trt" and not trt_ok:
+        raise UserError(f"--engine trt: {trt_reason} (or use --engine onnx)")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint file not found: {str(checkpoint)!r}; pass the path of an existing .pth file")
+    out_dir = ensure_writable_dir(out, "--out folder")
+    from exporters.onnx_export import export_onnx
+
+    models = _build_models(model, preset, checkpoint, resolutions, seed, dynamic)
+    for g, rs in models:  # every size is checked before anything is written
+        for h, w in rs:
+            g.check_input_size(h, w)
+    records: list[dict[str, Any]] = []
+    for g, rs in models:
+        targets = rs[:1] if dynamic else rs
+        for h, w in targets:
+            r = export_onnx(g, h, w, out_dir, precision=precision, dynamic=dynamic, batch=batch, opset=opset,
+                            check=check, checkpoint=checkpoint, seed=seed, reuse=reuse, progress=progress,
+                            check_sizes=rs[1:] if dynamic else ())
+            s = r.sidecar
+            par = s.get("parity") or {}
+            rec = {
+                "kind": "onnx",
+                "path": str(r.onnx_path),
+                "sidecar": str(r.sidecar_path),
+                "model": s["model"],
+                "preset": s["preset"],
+                "resolution": format_resolution((h, w)),
+                "precision": precision,
+                "dynamic": dynamic,
+                "reused": r.reused,
+                "mb": round(s["onnx_bytes"] / 2**20, 2),
+                "export_s": s.get("export_seconds"),
+                "max_abs_err": par.get("max_abs_err"),
+                "psnr_db": par.get("psnr_db"),
+                "output_std": par.get("output_std"),
+                "parity": "passed" if par.get("passed") else ("skipped (--no-check)" if not par else "FAILED"),
+            }
+            records.append(rec)
+            log(_describe(rec))
+            if want_trt and trt_ok:
+                from exporters.trt import build_engine, dynamic_profile
+
+                shapes = None
+                if dynamic:
+                    shapes = {s["input"]["name"]: dynamic_profile(g.input_nc, rs, batch)}
+                e = build_engine(r.onnx_path, out_dir, workspace_gb=workspace_gb, dynamic_shapes=shapes,
+                                 reuse=reuse, progress=progress)
+                erec = {
+                    "kind": "trt",
+                    "path": str(e.engine_path),
+                    "sidecar": str(e.sidecar_path),
+                    "model": s["model"],
+                    "preset": s["preset"],
+                    "resolution": rec["resolution"],
+                    "precision": precision,
+                    "dynamic": dynamic,
+                    "reused": e.reused,
+                    "mb": round(e.sidecar["engine_bytes"] / 2**20, 2),
+                    "build_s": e.sidecar["build_seconds"],
+                }
+                records.append(erec)
+                log(_describe(erec))
+    if want_trt and not trt_ok:
+        records.append({"kind": "trt", "skipped": trt_reason})
+        log(f"TensorRT engines skipped: {trt_reason}")
+    return records
+
+
+def _describe(rec: dict[str, Any]) -> str:
+    state = "reused" if rec.get("reused") else "wrote"
+    if rec["kind"] == "trt":
+        return f"{state} {rec['path']} ({rec['mb']} MB, built in {rec['build_s']} s)"
+    par = rec["parity"]
+    if rec.get("max_abs_err") is not None:
+        par += f": max |err| {rec['max_abs_err']:.2e}, PSNR {rec['psnr_db']:.1f} dB, output std {rec['output_std']:.2f}"
+    return f"{state} {rec['path']} ({rec['mb']} MB, exported in {rec['export_s']} s; parity {par})"
+
+
+def register(app) -> None:
+    """Add the `export` command to the Typer app."""
+
+    @app.command("export", no_args_is_help=True)
+    def export_cli(
+        model: Annotated[str, typer.Option("--model", "-m", help="Registered generator (see `asapbench models`).")],
+        res: Annotated[list[str], typer.Option("--res", "-r", help="Resolution: 1024 (square), HxW such as 256x512, or 'paper'; repeatable.")],
+        engine: Annotated[Engine, typer.Option("--engine", "-e", help="onnx: ONNX only; trt: ONNX + TensorRT engines; all: both, skipping TensorRT where it cannot run.")] = Engine.onnx,
+        precision: Annotated[Precision, typer.Option("--precision", help="fp32, or fp16 compute with fp32 input/output (InstanceNorm etc. stay fp32).")] = Precision.fp32,
+        preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset (default: the paper's configuration for each --res).")] = None,
+        checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Generator .pth (official or from `asapbench train`); default: random weights.")] = None,
+        dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch/height/width (one ONNX; a min/opt/max TensorRT profile over the --res values).")] = False,
+        out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
+        check: Annotated[bool, typer.Option("--check/--no-check", help="Parity gate against PyTorch in onnxruntime.")] = True,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of random weights and of the parity inputs.")] = 0,
+        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="TensorRT builder workspace limit (GiB).")] = 4.0,
+        batch: Annotated[int, typer.Option("--batch", help="Batch size of the exported graph (static), or the optimum (dynamic).")] = 1,
+        opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 20).")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Re-export and rebuild even when a matching file exists.")] = False,
+    ) -> None:
+        """Export a generator to ONNX (fp32/fp16) and TensorRT, checking parity with PyTorch."""
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        err, std = Console(stderr=True), Console()
+        with Progress(SpinnerColumn(), TextColumn("[bold]export[/bold] {task.description}"), TimeElapsedColumn(),
+                      console=err, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
+            task = bar.add_task("starting", total=None)
+
+            def log(msg: str) -> None:
+                # one result line per file on stdout; through the bar's console when both are the terminal
+                (bar.console if std.is_terminal and err.is_terminal else std).print(msg, markup=False, highlight=False, soft_wrap=True)
+
+            export_models(
+                model, res, engine=engine, precision=precision, preset=preset, checkpoint=checkpoint,
+                dynamic=dynamic, out=out, check=check, seed=seed, workspace_gb=workspace_gb, batch=batch,
+                opset=opset, reuse=not force, log=log,
+                progress=lambda s: bar.update(task, description=s),
+            )

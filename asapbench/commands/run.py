@@ -1,0 +1,238 @@
+"""`asapbench run` (resolution sweeps) and `asapbench report` (merge and re-render results).
+
+:func:`build_config` turns command-line values into a validated :class:`SweepConfig` (every bad
+value is a :class:`UserError`: one line, exit code 2); :func:`run_benchmark` runs the sweep;
+:func:`report` merges CSVs. The Typer commands are thin shells over these three.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Optional
+
+import typer
+
+from asapbench.errors import UserError
+
+DEFAULT_MODELS = ("asapnet", "pix2pixhd", "spade")
+DEFAULT_RES = ("256x512",)
+DEFAULT_OUT = "bench-out"
+DEFAULT_BUDGET_S = 900.0
+
+
+def _split(values: Iterable[str] | None) -> list[str]:
+    """Flatten repeated and comma-separated option values, dropping blanks and duplicates."""
+    out: list[str] = []
+    for v in values or []:
+        for part in str(v).split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+def default_cache_dir() -> Path:
+    """Where ONNX exports and TensorRT engines are cached: $ASAPBENCH_CACHE, else ~/.cache/asapbench."""
+    env = os.environ.get("ASAPBENCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "asapbench"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is a UserError."""
+    import torch
+
+    from asapbench.bench.backends import DEVICES
+
+    d = (device or "auto").strip().lower()
+    if d not in DEVICES:
+        raise UserError(f"unknown --device {device!r}; choose one of: {', '.join(DEVICES)}")
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise UserError(f"--device cuda: {why} (torch {torch.__version__}); use --device cpu or run on a machine with an NVIDIA GPU")
+    return d
+
+
+def _parse_checkpoints(values: Iterable[str] | None, models: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or []:
+        if "=" not in v:
+            raise UserError(f"--checkpoint {v!r}: write MODEL=PATH, e.g. --checkpoint asapnet=runs/asapnet/latest.pth")
+        name, path = (s.strip() for s in v.split("=", 1))
+        if name not in models:
+            raise UserError(f"--checkpoint {v!r}: model {name!r} is not among --models ({', '.join(models)})")
+        if not Path(path).is_file():
+            raise UserError(f"--checkpoint {v!r}: no such file {path!r}")
+        out[name] = path
+    return out
+
+
+def build_config(
+    models: Iterable[str] | None = None,
+    res: Iterable[str] | None = None,
+    backends: Iterable[str] | None = None,
+    precision: Iterable[str] | None = None,
+    device: str = "auto",
+    batch: int = 1,
+    warmup: int | None = None,
+    warmup_seconds: float | None = None,
+    iters: int | None = None,
+    min_seconds: float | None = None,
+    e2e_iters: int | None = None,
+    budget: float | None = DEFAULT_BUDGET_S,
+    checkpoint: Iterable[str] | None = None,
+    cuda_graph: bool = False,
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    export_check: bool = True,
+):
+    """Validate command-line values into a SweepConfig (UserError on anything wrong).
+
+    Returns ``(config, checkpoint_paths)``. Loop settings left as None take the device's defaults
+    (:func:`asapbench.bench.sweep.cpu_defaults` / ``cuda_defaults``).
+    """
+    from asapbench.bench.backends import BACKENDS, PRECISIONS, default_backends
+    from asapbench.bench.sweep import SweepConfig, cpu_defaults, cuda_defaults
+    from asapbench.registry import get_spec
+    from asapbench.resolution import parse_resolutions
+
+    model_names = _split(models) or list(DEFAULT_MODELS)
+    for m in model_names:
+        get_spec(m)  # UserError listing the choices
+    resolutions = parse_resolutions(_split(res) or list(DEFAULT_RES))
+    dev = resolve_device(device)
+    backend_names = _split(backends)
+    for b in backend_names:
+        if b not in BACKENDS:
+            raise UserError(f"unknown backend {b!r}; choose from: {', '.join(BACKENDS)}")
+    if not backend_names:
+        backend_names = default_backends(dev)
+    precisions = _split(precision) or (["fp32", "fp16"] if dev == "cuda" else ["fp32"])
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise UserError(f"unknown precision {p!r}; choose from: {', '.join(PRECISIONS)}")
+    if cuda_graph and dev != "cuda":
+        raise UserError("--cuda-graph needs a GPU (--device cuda); CUDA graphs do not exist on the CPU")
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    loop = cuda_defaults() if dev == "cuda" else cpu_defaults()
+    for name, val in (("warmup", warmup), ("iters", iters), ("e2e_iters", e2e_iters)):
+        if val is not None:
+            if val < (1 if name == "iters" else 0):
+                raise UserError(f"--{name.replace('_', '-')} must be at least {1 if name == 'iters' else 0}, got {val}")
+            loop[name] = val
+    for name, val in (("warmup_seconds", warmup_seconds), ("min_seconds", min_seconds)):
+        if val is not None:
+            if val < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {val}")
+            loop[name] = float(val)
+    if budget is not None and budget <= 0:
+        budget = None  # 0 or negative: no budget
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    ckpts = _parse_checkpoints(checkpoint, model_names)
+    cfg = SweepConfig(
+        models=model_names, resolutions=resolutions, backends=backend_names, precisions=precisions, device=dev,
+        batch=batch, budget_s=budget, checkpoints=ckpts, cuda_graph=cuda_graph, threads=threads,
+        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), seed=seed, export_check=export_check, **loop,
+    )
+    return cfg
+
+
+def run_benchmark(out: str | os.PathLike = DEFAULT_OUT, progress: bool | None = None, argv: list[str] | None = None,
+                  **options: Any):
+    """Validate ``options`` (see :func:`build_config`), run the sweep, write the four outputs into ``out``.
+
+    Returns the list of :class:`asapbench.report.BenchRow`.
+    """
+    import sys
+
+    import torch
+
+    from asapbench.bench.sweep import plan_models, run_sweep
+    from asapbench.bench.system import snapshot
+    from asapbench.fsutil import ensure_writable_dir
+
+    cfg = build_config(**options)
+    out_dir = ensure_writable_dir(out, "--out folder")
+    ckpt_models = {}
+    if cfg.checkpoints:
+        from asapbench.checkpoint import load_generator
+
+        for name, path in cfg.checkpoints.items():
+            ckpt_models[name] = load_generator(name, None, path).prepare_for_inference()
+    plan_models(cfg.models, cfg.resolutions, ckpt_models)  # bad resolutions fail here, before any work
+    env = snapshot(argv)
+    if any(b.startswith("onnxruntime") for b in cfg.backends) and env.get("onnxruntime_version"):
+        from asapbench.bench.backends import ort_providers
+
+        env["onnxruntime_providers"] = ort_providers()
+    env["threads"] = cfg.threads or torch.get_num_threads()
+    env["loop"] = {k: getattr(cfg, k) for k in ("warmup", "warmup_seconds", "iters", "min_seconds", "e2e_warmup",
+                                                  "e2e_iters", "e2e_min_seconds", "budget_s", "batch", "seed")}
+    if progress is None:
+        progress = sys.stderr.isatty()
+    return run_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models)
+
+
+def report(csvs: Iterable[str | os.PathLike], out: str | os.PathLike):
+    """Merge bench.csv files and render bench.csv/md/json/png into ``out``; returns the written paths."""
+    from asapbench.report import merge_report
+
+    return merge_report(list(csvs), out)
+
+
+def _summary(rows) -> str:
+    from collections import Counter
+
+    c = Counter(r.status for r in rows)
+    return ", ".join(f"{n} {s}" for s, n in c.items()) or "no cells"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(
+        models: Annotated[Optional[list[str]], typer.Option("--models", "-m", help="Models, comma-separated or repeated (default: asapnet,pix2pixhd,spade; see `asapbench models --tiny`).")] = None,
+        res: Annotated[Optional[list[str]], typer.Option("--res", "-r", help="Resolution HxW or N (NxN); repeatable; 'paper' = 256x512,512x1024,512x512,1024x1024,2048x2048 (default 256x512).")] = None,
+        backends: Annotated[Optional[list[str]], typer.Option("--backends", "-b", help="torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt (default: every one available on the device).")] = None,
+        precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32 and/or fp16 (default: fp32 on the CPU, fp32,fp16 on CUDA).")] = None,
+        device: Annotated[str, typer.Option("--device", "-d", help="auto, cpu or cuda.")] = "auto",
+        batch: Annotated[int, typer.Option("--batch", help="Images per forward call.")] = 1,
+        warmup: Annotated[Optional[int], typer.Option("--warmup", help="Warm-up runs, at least (default: 2 on CPU, 10 on CUDA).")] = None,
+        warmup_seconds: Annotated[Optional[float], typer.Option("--warmup-seconds", help="Warm-up seconds, at least (default: 0 on CPU, 1 on CUDA).")] = None,
+        iters: Annotated[Optional[int], typer.Option("--iters", "-n", help="Timed runs, at least (default: 3 on CPU, 50 on CUDA).")] = None,
+        min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Timed seconds, at least (default: 1 on CPU, 3 on CUDA).")] = None,
+        e2e_iters: Annotated[Optional[int], typer.Option("--e2e-iters", help="End-to-end runs (host to host), 0 to skip (default: 1 on CPU, 20 on CUDA).")] = None,
+        budget: Annotated[float, typer.Option("--budget", help="Per-cell seconds for warm-up, timed and end-to-end runs; a cell over it gets status 'budget' (0: none).")] = DEFAULT_BUDGET_S,
+        checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="MODEL=PATH: time these weights (their configuration is kept at every resolution).")] = None,
+        cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Replay a captured CUDA graph (torch, onnxruntime CUDA, TensorRT).")] = False,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
+        cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="ONNX/engine cache (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed for weights and the synthetic label map.")] = 0,
+        export_check: Annotated[bool, typer.Option("--export-check/--no-export-check", help="Compare each new ONNX export with PyTorch before timing it.")] = True,
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for bench.csv, bench.md, bench.json and latency_vs_megapixels.png.")] = Path(DEFAULT_OUT),
+        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
+    ) -> None:
+        """Time models x resolutions x backends x precisions; write CSV, markdown, JSON and a plot."""
+        rows = run_benchmark(
+            out=out, progress=progress, models=models, res=res, backends=backends, precision=precision, device=device,
+            batch=batch, warmup=warmup, warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds,
+            e2e_iters=e2e_iters, budget=budget, checkpoint=checkpoint, cuda_graph=cuda_graph, threads=threads,
+            cache_dir=cache_dir, seed=seed, export_check=export_check,
+        )
+        typer.echo(f"{_summary(rows)}; wrote bench.csv, bench.md, bench.json, latency_vs_megapixels.png to {out}")
+
+    @app.command("report")
+    def report_cmd(
+        csvs: Annotated[list[Path], typer.Argument(help="bench.csv files written by `asapbench run`.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(DEFAULT_OUT) / "report",
+    ) -> None:
+        """Merge bench.csv files and render bench.csv, bench.md, bench.json and the plot again."""
+        paths = report(csvs, out)
+        typer.echo(f"wrote {', '.join(paths)} to {out}")

@@ -1,0 +1,366 @@
+"""fp32 -> fp16 conversion of an ONNX graph with fp32 inputs and outputs, numerically safe.
+
+Our own pass over the graph (no extra dependency): every node runs in fp16 except
+
+- ops that are unsafe in half precision (:data:`KEEP_FP32_OPS`: InstanceNormalization, whose
+  variance overflows or loses all precision in fp16 -- onnxruntime#10079, TensorRT#2691 --,
+  reductions, pow/sqrt/exp/log, softmax and normalisations), and
+- with a calibration input: every node one of whose float inputs or outputs exceeds
+  ``max_abs`` in magnitude (default 8192, an eighth of the fp16 maximum 65504) on that input.
+
+Cast nodes are inserted wherever a value crosses between an fp32 and an fp16 node; graph inputs and
+outputs stay fp32, so the converted model is a drop-in replacement (and builds as a strongly typed
+TensorRT network whose precision comes from the graph, see docs/api-notes.md).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+#: ops that stay in fp32 wherever they occur
+KEEP_FP32_OPS = frozenset({
+    "InstanceNormalization", "LayerNormalization", "GroupNormalization", "LpNormalization",
+    "MeanVarianceNormalization",
+    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum",
+    "ReduceLogSumExp", "ReduceProd",
+    "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Softmax", "LogSoftmax",
+    "Range", "ConstantOfShape", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+    "EyeLike", "Cast", "CastLike", "Shape", "Size",
+    # control flow: subgraphs are not converted
+    "If", "Loop", "Scan",
+})
+
+#: (op_type, input index) that must stay float32 even inside an fp16 node
+KEEP_FP32_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
+
+FP16_MAX = 65504.0
+DEFAULT_MAX_ABS = 8192.0
+
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
+
+
+def _value_types(model) -> dict[str, int]:
+    """Element type of every named value of the main graph (inputs, initializers, intermediates)."""
+    import onnx
+
+    g = model.graph
+    types: dict[str, int] = {}
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.HasField("tensor_type"):
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in g.initializer:
+        types[init.name] = init.data_type
+    for n in g.node:
+        if n.op_type == "Cast" and n.output[0] not in types:
+            types[n.output[0]] = next(a.i for a in n.attribute if a.name == "to")
+    missing = [o for n in g.node for o in n.output if o and o not in types]
+    if missing:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            if vi.type.HasField("tensor_type") and vi.name not in types:
+                types[vi.name] = vi.type.tensor_type.elem_type
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and n.output[0] not in types:
+                    types[n.output[0]] = a.t.data_type
+                elif a.name in ("value_float", "value_floats"):
+                    types[n.output[0]] = _FLOAT
+    return types
+
+
+def activation_ranges(model, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """Largest |value| of every float intermediate of ``model`` over the input ``feeds``.
+
+    Runs a copy of the graph in onnxruntime (CPU) with ``ReduceMax`` and ``ReduceMin`` scalar outputs
+    per float value, placed and scheduled right after its producer so that memory stays near that of
+    one ordinary inference. NaN/Inf come back as ``inf``.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    types = _value_types(model)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    g = probe.graph
+    probe_outputs: dict[str, str] = {}
+    probe_vis: list = []
+
+    def add_probe(name: str, into: list) -> None:
+        # max and min, not max(|x|): no full-size temporary
+        i = len(probe_outputs) // 2
+        for op in ("ReduceMax", "ReduceMin"):
+            r = f"__{op.lower()}_{i}"
+            into.append(helper.make_node(op, [name], [r], keepdims=0))
+            probe_vis.append(helper.make_tensor_value_info(r, _FLOAT, []))
+            probe_outputs[r] = name
+
+    # each probe right after its producer, so the value can be freed at once (probes run at the end
+    # would keep every intermediate alive: > 24 GB for SPADE at 1024x1024)
+    nodes: list = []
+    for o in g.input:
+        if types.get(o.name) == _FLOAT:
+            add_probe(o.name, nodes)
+    for n in list(g.node):
+        nodes.append(n)
+        for o in n.output:
+            if o and types.get(o) == _FLOAT and o not in probe_outputs.values():
+                add_probe(o, nodes)
+    del g.node[:]
+    g.node.extend(nodes)
+    # probe outputs first: onnxruntime orders execution by a depth-first walk from the outputs
+    real = list(g.output)
+    del g.output[:]
+    g.output.extend(probe_vis + real)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # 5 GB instead of 9 for SPADE at 512x512
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    del probe
+    out_names = list(probe_outputs)
+    ranges: dict[str, float] = {}
+    for feed in feeds:
+        vals = sess.run(out_names, dict(feed))
+        for k, v in zip(out_names, vals):
+            v = abs(float(v))
+            v = float("inf") if not np.isfinite(v) else v
+            name = probe_outputs[k]
+            ranges[name] = max(ranges.get(name, 0.0), v)
+    return ranges
+
+
+def convert_to_fp16(
+    model,
+    ranges: Mapping[str, float] | None = None,
+    max_abs: float = DEFAULT_MAX_ABS,
+    keep_fp32_ops: Iterable[str] = KEEP_FP32_OPS,
+) -> tuple[Any, dict[str, Any]]:
+    """Return (fp16 ModelProto with fp32 I/O, report) for an fp32 ONNX ``model`` (not modified).
+
+    ``ranges`` (from :func:`activation_ranges`) keeps nodes whose float inputs/outputs exceed
+    ``max_abs`` in fp32. The report counts fp16/fp32 nodes, kept ops and inserted casts.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    keep_ops = frozenset(keep_fp32_ops)
+    ranges = dict(ranges or {})
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    types = _value_types(out)
+    inits = {i.name: i for i in g.initializer}
+    for name, init in inits.items():
+        if init.data_type == _FLOAT and name not in ranges:
+            arr = numpy_helper.to_array(init)
+            ranges[name] = float(np.abs(arr).max()) if arr.size else 0.0
+
+    def const_value(n):
+        for a in n.attribute:
+            if a.name == "value":
+                return a
+        return None
+
+    for n in g.node:  # constants: their range is known without running anything
+        if n.op_type == "Constant" and types.get(n.output[0]) == _FLOAT and const_value(n) is not None:
+            arr = numpy_helper.to_array(const_value(n).t)
+            ranges.setdefault(n.output[0], float(np.abs(arr).max()) if arr.size else 0.0)
+
+    def is_float(name: str) -> bool:
+        return bool(name) and types.get(name) == _FLOAT
+
+    def type_neutral_input(n, idx: int) -> bool:
+        """Inputs that are taken as they come (Cast converts anything)."""
+        return n.op_type in ("Cast", "CastLike") and idx == 0
+
+    # 1. which nodes compute in fp16 (Constants are decided from their users in step 2)
+    low: list[bool] = []
+    reasons: Counter = Counter()
+    for n in g.node:
+        floats = [v for v in list(n.input) + list(n.output) if is_float(v)]
+        if n.op_type == "Constant" or not floats:
+            low.append(False)
+        elif n.op_type in keep_ops:
+            low.append(False)
+            if any(is_float(o) for o in n.output):  # (Shape & co. only read a float tensor's size)
+                reasons[n.op_type] += 1
+        elif any(ranges.get(v, 0.0) > max_abs for v in floats):
+            low.append(False)
+            reasons[f"{n.op_type} (|x| > {max_abs:g})"] += 1
+        else:
+            low.append(True)
+
+    # 2. which float values are wanted in fp16 / fp32 by their consumers
+    need16: set[str] = set()
+    need32: set[str] = {o.name for o in g.output if is_float(o.name)}
+    for n, lo in zip(g.node, low):
+        for idx, v in enumerate(n.input):
+            if not is_float(v) or type_neutral_input(n, idx):
+                continue
+            (need16 if lo and (n.op_type, idx) not in KEEP_FP32_INPUTS else need32).add(v)
+
+    report: dict[str, Any] = {"casts": 0, "initializers_fp16": 0, "initializers_duplicated": 0, "clipped_values": 0}
+
+    def to16(arr: np.ndarray) -> np.ndarray:
+        report["clipped_values"] += int(np.count_nonzero((np.abs(arr) > FP16_MAX) & np.isfinite(arr)))
+        return np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16)
+
+    produced16: set[str] = set()
+    for i, n in enumerate(g.node):
+        if n.op_type == "Constant" and is_float(n.output[0]) and n.output[0] in need16 and n.output[0] not in need32:
+            attr = const_value(n)
+            if attr is not None:
+                attr.t.CopyFrom(numpy_helper.from_array(to16(numpy_helper.to_array(attr.t)), attr.t.name))
+                low[i] = True
+        if low[i]:
+            produced16 |= {o for o in n.output if is_float(o)}
+
+    # 3. initializers: converted in place when only fp16 nodes use them, else an fp16 copy is added
+    alias16: dict[str, str] = {}  # value -> name of its fp16 version
+    alias32: dict[str, str] = {}  # fp16 value -> name of its fp32 version
+    for name, init in inits.items():
+        if init.data_type != _FLOAT or name not in need16:
+            continue
+        half = numpy_helper.from_array(to16(numpy_helper.to_array(init)), name)
+        if name in need32:
+            half.name = f"{name}__fp16"
+            g.initializer.append(half)
+            alias16[name] = half.name
+            report["initializers_duplicated"] += 1
+        else:
+            init.CopyFrom(half)
+            produced16.add(name)
+            report["initializers_fp16"] += 1
+
+    # 4. graph outputs computed in fp16: the producer writes a private name, a Cast restores the public one
+    private = {}
+    for o in g.output:
+        if o.name in produced16:
+            private[o.name] = f"{o.name}__fp16"
+    if private:
+        for n in g.node:
+            n.output[:] = [private.get(v, v) for v in n.output]
+            n.input[:] = [private.get(v, v) for v in n.input]
+        for public, priv in private.items():
+            produced16.discard(public)
+            produced16.add(priv)
+            types[priv] = _FLOAT
+            alias32[priv] = public
+
+    # 5. rebuild the node list, inserting each Cast once, right before its first use
+    new_nodes = []
+    emitted: set[str] = set()
+
+    def cast(src: str, dst: str, to: int) -> str:
+        if dst not in emitted:
+            new_nodes.append(helper.make_node("Cast", [src], [dst], to=to, name=f"asapbench_cast_{len(emitted)}"))
+            emitted.add(dst)
+            report["casts"] += 1
+        return dst
+
+    dup_inits = set(alias16.values())
+
+    def as16(v: str) -> str:
+        if v in produced16:
+            return v
+        if alias16.get(v) in dup_inits:
+            return alias16[v]
+        return cast(v, alias16.setdefault(v, f"{v}__to_fp16"), _FLOAT16)
+
+    def as32(v: str) -> str:
+        if v not in produced16:
+            return v
+        return cast(v, alias32.get(v, f"{v}__to_fp32"), _FLOAT)
+
+    for n, lo in zip(list(g.node), low):
+        ins = list(n.input)
+        for idx, v in enumerate(ins):
+            if not is_float(v) or type_neutral_input(n, idx):
+                continue
+            if lo and (n.op_type, idx) not in KEEP_FP32_INPUTS:
+                ins[idx] = as16(v)
+            else:
+                ins[idx] = as32(v)
+        n.input[:] = ins
+        new_nodes.append(n)
+        for o in n.output:
+            if o in alias32:  # a private graph output: cast it back right away
+                as32(o)
+    del g.node[:]
+    g.node.extend(new_nodes)
+
+    # 6. value_info: fp16 where produced in fp16; drop entries of renamed graph outputs
+    kept = []
+    for vi in g.value_info:
+        if vi.name in private:
+            continue
+        if vi.name in produced16 and vi.type.tensor_type.elem_type == _FLOAT:
+            vi.type.tensor_type.elem_type = _FLOAT16
+        kept.append(vi)
+    del g.value_info[:]
+    g.value_info.extend(kept)
+
+    report.update(
+        nodes_fp16=sum(low),
+        nodes_fp32=len(low) - sum(low),
+        kept_fp32=dict(sorted(reasons.items())),
+        max_abs=max_abs,
+    )
+    return out, report
+
+
+def emulate_fp16(model, copy: bool = True) -> Any:
+    """An fp32 copy of an fp16 ``model`` that rounds every fp16 value to fp16 explicitly.
+
+    Each node that produces fp16 computes in fp32 and its outputs pass through
+    ``Cast(to=FLOAT16) -> Cast(to=FLOAT)``, as a GPU fp16 kernel with fp32 accumulation does; fp16
+    weights are widened exactly (``copy=False`` edits ``model`` in place). Run it with graph
+    optimisations off. This is what the parity gate
+    checks on a CPU: onnxruntime's CPU provider has no fp16 kernel for most ops and runs chains of
+    them in fp32 without rounding in between, which would hide an fp16 overflow (|x| > 65504 -> inf).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+    else:
+        out = model
+    g = out.graph
+    types = _value_types(out)
+    for init in g.initializer:
+        if init.data_type == _FLOAT16:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    nodes = []
+    for i, n in enumerate(g.node):
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value" and a.t.data_type == _FLOAT16:
+                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+            nodes.append(n)
+            continue
+        half_outs = [o for o in n.output if o and types.get(o) == _FLOAT16]
+        if n.op_type == "Cast":
+            to = next(a for a in n.attribute if a.name == "to")
+            if to.i == _FLOAT16:
+                half_outs = list(n.output)
+                to.i = _FLOAT
+        renamed = {o: f"{o}__emu32_{i}" for o in half_outs}
+        n.output[:] = [renamed.get(o, o) for o in n.output]
+        nodes.append(n)
+        for o, tmp in renamed.items():
+            nodes.append(helper.make_node("Cast", [tmp], [f"{tmp}_h"], to=_FLOAT16))
+            nodes.append(helper.make_node("Cast", [f"{tmp}_h"], [o], to=_FLOAT))
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    for vi in list(g.input) + list(g.output):
+        if vi.type.tensor_type.elem_type == _FLOAT16:
+            vi.type.tensor_type.elem_type = _FLOAT
+    return out

@@ -1,0 +1,126 @@
+"""The record type and its renderings: CSV round trip, markdown tables and speed-ups, JSON, plot, merge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from asapbench.errors import UserError
+from asapbench.report import COLUMNS, BenchRow, markdown, merge_report, read_csv, render_all, write_csv
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _row(model, h, w, ms, backend="torch", status="ok", **kw):
+    base = dict(model=model, preset="p", backend=backend, precision="fp32", device="cpu", height=h, width=w,
+                params=1_000_000, macs=int(5e9), gmacs=5.0, status=status, cpu_model="Test CPU", torch_version="2.x")
+    if status == "ok":
+        base.update(ms_median=ms, ms_mean=ms * 1.01, ms_p90=ms * 1.1, ms_p99=ms * 1.2, ms_min=ms * 0.9, ms_max=ms * 1.3,
+                    ms_std=ms * 0.01, cov=0.01, iters=5, warmup_iters=2, e2e_ms_median=ms + 1, peak_mem_mb=100.0,
+                    mem_kind="rss_peak_delta", img_per_s=1e3 / ms)
+    base.update(kw)
+    return BenchRow(**base)
+
+
+@pytest.fixture
+def rows():
+    return [
+        _row("asapnet", 256, 512, 10.0),
+        _row("pix2pixhd", 256, 512, 60.0),
+        _row("spade", 256, 512, 180.0),
+        _row("asapnet", 512, 512, 20.0),
+        _row("pix2pixhd", 512, 512, 130.0),
+        _row("spade", 512, 512, 0, status="oom", note="out of memory"),
+        _row("asapnet", 256, 512, 8.0, backend="onnxruntime"),
+        _row("spade", 256, 512, 100.0, backend="onnxruntime", cov=0.12, note="CoV 12.0% > 5%: noisy timing"),
+    ]
+
+
+def test_csv_round_trip(tmp_path, rows):
+    p = write_csv(rows, tmp_path / "bench.csv")
+    back = read_csv(p)
+    assert back == rows
+    header = p.read_text().splitlines()[0].split(",")
+    assert tuple(header) == COLUMNS
+    for col in ("model", "preset", "backend", "precision", "device", "height", "width", "batch", "params", "gmacs",
+                "ms_median", "ms_mean", "ms_p90", "ms_p99", "ms_min", "ms_std", "cov", "iters", "img_per_s",
+                "e2e_ms_median", "peak_mem_mb", "status", "note"):
+        assert col in header
+
+
+def test_markdown_tables_and_speedups(rows):
+    md = markdown(rows, [{"cpu_model": "Test CPU", "cpu_count": 2, "torch_version": "2.x", "command": "asapbench run"}])
+    assert "Test CPU" in md and "`asapbench run`" in md and "FlopCounterMode" in md
+    lat = md.split("## Latency")[1].split("##")[0]
+    assert "| asapnet | torch | fp32 | cpu | 10.0 | 20.0 |" in lat
+    assert "| spade | torch | fp32 | cpu | 180 | *oom* |" in lat
+    assert "| spade | onnxruntime | fp32 | cpu | 100† |  |" in lat  # CoV > 5% is marked
+    sp = md.split("## ASAP-Net speed-up")[1].split("##")[0]
+    assert "| asapnet vs pix2pixhd | torch | fp32 | cpu | 6.00x | 6.50x |" in sp
+    assert "| asapnet vs spade | torch | fp32 | cpu | 18.0x |  |" in sp  # no ratio against an oom cell
+    assert "| asapnet vs spade | onnxruntime | fp32 | cpu | 12.5x |  |" in sp
+    assert "pix2pixhd | onnxruntime" not in sp  # no onnxruntime pix2pixhd row: no comparison
+    e2e = md.split("## End-to-end")[1].split("##")[0]
+    assert "| asapnet | torch | fp32 | cpu | 11.0 | 21.0 |" in e2e
+    notes = md.split("## Notes")[1]
+    assert "spade 512x512 torch fp32 cpu: **oom** out of memory" in notes
+
+
+def test_markdown_divides_by_batch():
+    r = [_row("asapnet", 64, 64, 40.0, batch=4), _row("spade", 64, 64, 400.0, batch=4)]
+    md = markdown(r)
+    assert "| asapnet | torch | fp32 | cpu | 10.0 |" in md
+    assert "| asapnet vs spade | torch | fp32 | cpu | 10.0x |" in md
+
+
+def test_render_all_writes_four_consistent_files(tmp_path, rows):
+    env = {"cpu_model": "Test CPU", "git_sha": "abc", "command": "asapbench run"}
+    paths = render_all(rows, tmp_path, [env])
+    assert sorted(paths) == sorted(["bench.csv", "bench.md", "bench.json", "latency_vs_megapixels.png"])
+    obj = json.loads((tmp_path / "bench.json").read_text())
+    assert obj["environment"] == env and obj["columns"] == list(COLUMNS)
+    assert [BenchRow(**r) for r in obj["rows"]] == rows
+    assert read_csv(tmp_path / "bench.csv") == rows
+    png = (tmp_path / "latency_vs_megapixels.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_merge_two_csvs_later_file_wins(tmp_path, rows):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    render_all(rows[:4], a, [{"cpu_model": "A"}])
+    newer = _row("asapnet", 256, 512, 5.0)
+    render_all([newer, _row("asapnet", 1024, 1024, 50.0, device="cuda", gpu_name="Some GPU")], b, [{"cpu_model": "B"}])
+    merge_report([a / "bench.csv", b / "bench.csv"], out)
+    merged = read_csv(out / "bench.csv")
+    assert len(merged) == 6
+    obj = json.loads((out / "bench.json").read_text())
+    assert [e["cpu_model"] for e in obj["environments"]] == ["A", "B"]
+    md = (out / "bench.md").read_text()
+    # two machines: the device column names them; the newer asapnet 256x512 cpu row wins
+    assert "| asapnet | torch | fp32 | cpu: Test CPU | 5.00 |" in md
+    assert "| asapnet | torch | fp32 | cuda: Some GPU |" in md
+
+
+def test_read_csv_rejects_other_files(tmp_path):
+    with pytest.raises(UserError, match="no such CSV"):
+        read_csv(tmp_path / "missing.csv")
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="not an asapbench bench.csv"):
+        read_csv(other)
+
+
+def test_report_cli_merges(tmp_path, rows):
+    render_all(rows, tmp_path / "run")
+    out = tmp_path / "rep"
+    r = subprocess.run([sys.executable, "-m", "asapbench", "report", str(tmp_path / "run" / "bench.csv"), "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert all((out / f).is_file() for f in ("bench.csv", "bench.md", "bench.json", "latency_vs_megapixels.png"))
+    bad = subprocess.run([sys.executable, "-m", "asapbench", "report", str(tmp_path / "nope.csv")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
