@@ -120,6 +120,9 @@ def torch_info() -> dict[str, Any]:
         "gpu_name": None,
         "gpu_memory_gb": None,
         "gpu_capability": None,
+        # torch fp32 on Ampere+ runs cuDNN convolutions in TF32 unless this is False: say which was timed
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
     }
     if info["cuda_available"]:
         idx = torch.cuda.current_device()
