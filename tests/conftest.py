@@ -24,6 +24,18 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test: small CPU convolutions only lose from threading on a
+    shared 2-core machine, and training runs stay deterministic."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

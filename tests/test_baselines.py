@@ -301,13 +301,7 @@ def prepared(name: str, preset: str | None = None, seed: int = 0, res=None, batc
     return model, x
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these small convolutions only lose from threading on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def load_manifest(fname: str) -> dict:

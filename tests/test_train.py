@@ -26,13 +26,7 @@ LOSS_COLS = ["G_GAN", "G_feat", "G_VGG", "G_L1", "G_total", "D_real", "D_fake", 
 FAST = dict(dataset="synthetic", synthetic_size=6, ndf=8, progress=False, sample_every=1000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """CPU training on a shared 2-core machine: one thread is faster and keeps runs deterministic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _env():
