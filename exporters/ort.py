@@ -37,7 +37,26 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def install_conflict() -> str | None:
+    """A message when both ``onnxruntime`` and ``onnxruntime-gpu`` are installed (they share one module,
+    and whichever was installed last owns its files), else None."""
+    from importlib import metadata
+
+    names = set()
+    for dist in metadata.distributions():
+        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
+        if name in ("onnxruntime", "onnxruntime-gpu"):
+            names.add(name)
+    if len(names) < 2:
+        return None
+    return ("both onnxruntime and onnxruntime-gpu are installed and share the module 'onnxruntime'; fix with: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+
+
 def _install_hint(provider: str) -> str:
+    conflict = install_conflict()
+    if conflict and provider != "cpu":
+        return conflict
     if provider == "cpu":
         return "reinstall onnxruntime"
     extra = "the TensorRT libraries (pip install 'asapbench[trt]') and " if provider == "tensorrt" else ""

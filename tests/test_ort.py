@@ -95,3 +95,19 @@ def test_cuda_runner_io_binding_matches_torch(tiny_onnx):
     torch.cuda.synchronize()
     assert runner.output.is_cuda and np.abs(runner.output.cpu().numpy() - ref).max() <= 1e-3
     assert np.abs(runner.infer(x.numpy()) - ref).max() <= 1e-3
+
+
+def test_install_conflict_names_the_clean_switch(monkeypatch):
+    from importlib import metadata
+
+    from exporters.ort import install_conflict
+
+    class Dist:
+        def __init__(self, name):
+            self.metadata = {"Name": name}
+
+    monkeypatch.setattr(metadata, "distributions", lambda: [Dist("onnxruntime"), Dist("numpy")])
+    assert install_conflict() is None
+    monkeypatch.setattr(metadata, "distributions", lambda: [Dist("onnxruntime"), Dist("onnxruntime_gpu")])
+    msg = install_conflict()
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in msg and "pip install onnxruntime-gpu" in msg
