@@ -37,8 +37,8 @@ class ModelSpec:
     family: str = ""  # the full model a tiny variant stands in for
     input_kind: str = "labels"  # "labels" (one-hot + instance edge) or "image" (pix2pix RGB)
     tags: tuple[str, ...] = field(default_factory=tuple)
-    #: (H, W) -> (preset, overrides): how the paper configures this model for a resolution.
-    #: None: the preset trained at exactly H x W if there is one, else the default preset.
+    #: (H, W) -> (preset, overrides): how the paper configures this model for a resolution that no
+    #: preset was trained at (a preset trained at exactly H x W always wins). None: the default preset.
     configure: Callable[[int, int], tuple[str, dict[str, Any]]] | None = None
 
 
@@ -149,9 +149,9 @@ def configure_for_resolution(name: str, height: int, width: int) -> tuple[str, d
     resolution where one exists. The result still has to pass the generator's size check.
     """
     spec = get_spec(name)
-    if spec.configure is not None:
-        return spec.configure(height, width)
-    for p in spec.presets.values():
+    for p in spec.presets.values():  # the preset trained at exactly H x W, if any
         if p.resolution == (height, width):
             return p.name, {}
+    if spec.configure is not None:
+        return spec.configure(height, width)
     return spec.default_preset, {}

@@ -239,11 +239,8 @@ SPADE_PRESETS = {
 
 
 def _spade_configure(height: int, width: int):
-    """The preset trained at exactly H x W; else 2:1 -> cityscapes ("more"), square -> the nearest
-    square preset ("normal"), anything else -> cityscapes-normal. Sizes come from the input."""
-    for p in SPADE_PRESETS.values():
-        if p.resolution == (height, width):
-            return p.name, {}
+    """For sizes no preset was trained at (the registry tries those first): 2:1 -> cityscapes ("more"),
+    square -> the nearest square preset ("normal"), anything else -> cityscapes-normal. Sizes come from the input."""
     if width == 2 * height:
         return "cityscapes", {}
     if width == height:

@@ -415,5 +415,5 @@ def test_cli_trt_without_tensorrt(tmp_path):
             "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "TensorRT engines skipped" in r.stdout and "asapbench[trt]" in r.stdout
-    assert sorted(p.name for p in out.glob("*.onnx")) == ["asapnet-tiny-tiny-32x64-fp16.onnx", "asapnet-tiny-tiny-64x64-fp16.onnx"]
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["asapnet-tiny-tiny-32x64-fp16.onnx", "asapnet-tiny-tiny-facades-64x64-fp16.onnx"]
     assert not list(out.glob("*.engine"))

@@ -10,9 +10,6 @@ _FACADES = dict(label_nc=13, instance_edge=False, lr_instance=False, reflection_
 
 def _asapnet_configure(height: int, width: int):
     """The paper's rule: S = H / 16; Cityscapes labels for 2:1 inputs, Facades labels otherwise."""
-    for p in ASAPNET_PRESETS.values():
-        if p.resolution == (height, width):
-            return p.name, {}
     base = "cityscapes" if width == 2 * height else "facades512"
     return base, {"scale": max(16, height // 16)}
 
