@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from asapbench.fsutil import sha256_file
+
 #: bump when the engine build or the sidecar changes meaning: invalidates every cached engine
 ENGINE_FORMAT = 1
 #: environment fields an engine depends on (from :func:`exporters.trt.engine_environment`)
@@ -48,14 +50,6 @@ def engine_paths(out_dir: str | Path, onnx_stem: str, key: Mapping[str, Any]) ->
     return d / name, d / f"{name}.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_lookup(engine_path: str | Path, sidecar_path: str | Path, key: Mapping[str, Any]) -> tuple[dict | None, str]:
     """(sidecar, reason): the sidecar when the cached engine may be reused, else None and why not."""
     e, s = Path(engine_path), Path(sidecar_path)
@@ -71,7 +65,7 @@ def cache_lookup(engine_path: str | Path, sidecar_path: str | Path, key: Mapping
     diff = key_differences(old, key)
     if diff:
         return None, "cached engine differs in " + ", ".join(diff)
-    if side.get("engine_sha256") != _sha256(e):
+    if side.get("engine_sha256") != sha256_file(e):
         return None, "cached engine file does not match its sidecar (modified or truncated)"
     return side, "all keys match"
 

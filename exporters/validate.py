@@ -430,6 +430,22 @@ def spread_random_weights(
     return a
 
 
+def spread_for_resolution(model: torch.nn.Module, height: int, width: int, seed: int, steps: int = 10) -> float:
+    """:func:`spread_random_weights` on a realistic label map of the aspect of H x W (at most 128x256
+    pixels, :func:`calibration_size`), recording what was done in ``model.weights_note`` (sidecars and
+    benchmark rows carry it). For random weights only; returns the factor applied to the last layer."""
+    from asapbench.inputs import example_input
+
+    ch, cw = calibration_size(model, height, width)
+    model.check_input_size(ch, cw)
+    factor = spread_random_weights(model, example_input(model, 1, ch, cw, seed=seed), steps=steps)
+    model.weights_note = (
+        f"random init (torch.manual_seed({seed})), BatchNorm statistics calibrated and the last weighted layer "
+        f"scaled by {factor:.4g} on a {ch}x{cw} label map so the output std is ~0.4 instead of a saturated tanh"
+    )
+    return factor
+
+
 def calibration_size(model, height: int, width: int, max_area: int = 128 * 256) -> tuple[int, int]:
     """A smaller valid input size with the aspect of H x W (halving while valid and above ``max_area``)."""
     mh, mw = model.size_multiple()

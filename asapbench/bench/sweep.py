@@ -142,17 +142,11 @@ def spread_weights(model: torch.nn.Module, height: int, width: int, seed: int) -
 
     Default initialisation saturates most of these generators (and drives a random SPADE's
     activations to ~1e16), which makes the exports' parity check meaningless and fp16 overflow. The
-    cost per run does not depend on the values. Calibrated on a small input of the same aspect.
+    cost per run does not depend on the values.
     """
-    from asapbench.inputs import example_input
-    from exporters.validate import calibration_size, spread_random_weights
+    from exporters.validate import spread_for_resolution
 
-    ch, cw = calibration_size(model, height, width)  # at most 128x256 pixels (smaller misleads SPADE's BatchNorm)
-    factor = spread_random_weights(model, example_input(model, 1, ch, cw, seed=seed), steps=4)
-    model.weights_note = (
-        f"random init (torch.manual_seed({seed})), BatchNorm statistics calibrated and the last weighted layer "
-        f"scaled by {factor:.4g} on a {ch}x{cw} label map so the output is not a saturated tanh"
-    )
+    spread_for_resolution(model, height, width, seed, steps=4)
 
 
 # --------------------------------------------------------------------------------------------

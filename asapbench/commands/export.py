@@ -72,17 +72,10 @@ def _build_models(
         groups[k][1].append((h, w))
     out = []
     for g, res in groups.values():
-        from asapbench.inputs import example_input
-        from exporters.validate import calibration_size, spread_random_weights
+        from exporters.validate import spread_for_resolution
 
         g.prepare_for_inference()
-        ch, cw = calibration_size(g, *res[0])
-        g.check_input_size(ch, cw)
-        a = spread_random_weights(g, example_input(g, 1, ch, cw, seed=seed))
-        g.weights_note = (
-            f"random init (torch.manual_seed({seed})); last weighted layer scaled by {a:.4g} so that the output "
-            "std is ~0.4 instead of a saturated tanh (parity on saturated outputs would be meaningless)"
-        )
+        spread_for_resolution(g, *res[0], seed=seed)
         out.append((g, res))
     return out
 
