@@ -1,4 +1,4 @@
-"""GAN training of any registered generator with the ASAP-Net paper's recipe (shared/docs/paper-numbers.md).
+"""GAN training of any registered generator with the ASAP-Net paper's recipe (docs/paper-numbers.md).
 
 Recipe: multi-scale PatchGAN discriminator on ``concat(generator input, image)`` (2 scales below
 1024 pixels, 3 from 1024), hinge loss, discriminator feature matching (lambda 10), VGG19 perceptual
@@ -33,7 +33,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,12 +43,15 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from asapbench.errors import UserError
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 STATE_FILE = "train_state.pt"
 GEN_FILE = "latest_net_G.pth"
 RUN_FILE = "run.json"
 CSV_FILE = "losses.csv"
-CSV_COLUMNS = ["step", "epoch", "lr_G", "lr_D", "G_GAN", "G_feat", "G_VGG", "G_L1", "G_total", "D_real", "D_fake",
-               "img_per_s"]
+LOSS_COLUMNS = ["G_GAN", "G_feat", "G_VGG", "G_L1", "G_total", "D_real", "D_fake"]
+CSV_COLUMNS = ["step", "epoch", "lr_G", "lr_D", *LOSS_COLUMNS, "img_per_s"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,11 +100,12 @@ class TrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps in this process
 
 
-DEFAULTS: dict[str, Any] = dict(
-    batch_size=1, amp=False, save_every=1000, sample_every=500, seed=0, lambda_feat=10.0, lambda_vgg=10.0,
-    lambda_l1=0.0, lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.999, decay_fraction=1 / 3, init_gain=0.02,
-    d_spectral=True, ndf=64, preprocess="fixed", flip=True, split="train", synthetic_size=100, workers=0, progress=True,
-)
+DEFAULTS: dict[str, Any] = {
+    "batch_size": 1, "amp": False, "save_every": 1000, "sample_every": 500, "seed": 0, "lambda_feat": 10.0,
+    "lambda_vgg": 10.0, "lambda_l1": 0.0, "lr_g": 1e-4, "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.999,
+    "decay_fraction": 1 / 3, "init_gain": 0.02, "d_spectral": True, "ndf": 64, "preprocess": "fixed", "flip": True,
+    "split": "train", "synthetic_size": 100, "workers": 0, "progress": True,
+}
 DEFAULT_EPOCHS = 300  # the paper: 300 epochs, linear decay over the last 100
 
 #: settings that may change when a run is resumed; all others must match the saved run
@@ -242,7 +246,7 @@ class ResumableSampler(Sampler):
 
 
 def _lr_lambda(total: int, decay_fraction: float):
-    decay = int(round(total * decay_fraction))
+    decay = round(total * decay_fraction)
     start = total - decay
 
     def factor(step: int) -> float:  # step = number of optimiser updates done so far
@@ -366,28 +370,77 @@ class TrainResult:
     checkpoint: Path | None = None
     resumed_from: int | None = None
 
+# ----------------------------------------------------------------------------------------------
+# the stages of a run
+# ----------------------------------------------------------------------------------------------
+def _seed_all(seed: int) -> None:
+    """Seed torch's, python's and numpy's global random generators."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
-# ----------------------------------------------------------------------------------------------
-# model / data setup
-# ----------------------------------------------------------------------------------------------
-def _setup_model(cfg: TrainConfig, ds_spec, say) -> tuple[Any, str, dict[str, Any], tuple[int, int], int]:
-    """Build the generator for ``cfg`` and the dataset: (model, preset, overrides, (H, W), label_nc)."""
+
+def _sayer(console, dist: _Dist):
+    """A ``say(msg)`` that prints ``train: msg`` on rank 0 (and nothing on the other ranks)."""
+
+    def say(msg: str) -> None:
+        if dist.main:
+            console.print(f"[bold]train:[/bold] {msg}", highlight=False)
+
+    return say
+
+
+def _prepare_run_folder(out: Path, dist: _Dist) -> None:
+    """Create ``out`` (rank 0) and drop the temporary files of a write cut short by kill -9."""
+    from asapbench.fsutil import ensure_writable_dir
+
+    if dist.main:
+        ensure_writable_dir(out, "run folder")
+        for stale in out.glob(".*.tmp"):
+            if any(stale.name.startswith(f".{n}.") for n in (STATE_FILE, GEN_FILE, RUN_FILE, CSV_FILE)):
+                stale.unlink(missing_ok=True)
+    if dist.enabled:
+        torch.distributed.barrier()
+
+
+def _pick_device(cfg: TrainConfig, dist: _Dist) -> torch.device:
+    """``--device`` if given, else this process's GPU (its local rank) if there is one, else the CPU."""
+    if cfg.device:
+        device = torch.device(cfg.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", dist.local_rank)
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dist.local_rank)
+    return device
+
+
+def _choose_preset(cfg: TrainConfig) -> tuple[str, dict[str, Any], tuple[int, int]]:
+    """(preset, overrides, (H, W)): ``--preset`` (at ``--res`` or its own size), else the configuration
+    ``--res`` implies, else the model's default preset at its own size."""
+    from asapbench.registry import configure_for_resolution, get_preset
+
+    res = _parse_hw(cfg.res, "--res")
+    if cfg.preset is None and res is not None:
+        preset, overrides = configure_for_resolution(cfg.model, *res)
+        return preset, dict(overrides), res
+    p = get_preset(cfg.model, cfg.preset)
+    return p.name, {}, res or p.resolution
+
+
+def _build_generator(cfg: TrainConfig, ds_spec, say) -> tuple[Any, str, dict[str, Any], tuple[int, int], int]:
+    """Build the generator ``cfg`` asks for, fitted to the dataset: (model, preset, overrides, (H, W), label_nc).
+
+    The one place that constructs the generator: the preset's label count and instance-edge channel
+    follow the data (with a note), and the model must accept H x W.
+    """
     import inspect
 
-    from asapbench.registry import configure_for_resolution, create_generator, get_preset, get_spec, resolve_kwargs
+    from asapbench.registry import create_generator, get_spec, resolve_kwargs
 
     spec = get_spec(cfg.model)
-    res = _parse_hw(cfg.res, "--res")
-    if cfg.preset is not None:
-        preset, overrides = get_preset(cfg.model, cfg.preset).name, {}
-        hw = res or get_preset(cfg.model, preset).resolution
-    elif res is not None:
-        preset, overrides = configure_for_resolution(cfg.model, *res)
-        hw = res
-    else:
-        p = get_preset(cfg.model, None)
-        preset, overrides, hw = p.name, {}, p.resolution
-    overrides = dict(overrides)
+    preset, overrides, hw = _choose_preset(cfg)
     params = inspect.signature(spec.builder).parameters
     kwargs = resolve_kwargs(cfg.model, preset, **overrides)
     want_nc = ds_spec.label_nc
@@ -409,9 +462,558 @@ def _setup_model(cfg: TrainConfig, ds_spec, say) -> tuple[Any, str, dict[str, An
     return model, preset, overrides, (int(hw[0]), int(hw[1])), int(label_nc)
 
 
+@dataclass
+class _Models:
+    """The generator, the discriminator and the VGG loss of a run, and how the generator was configured.
+
+    ``G`` and ``D`` are the plain modules (saved, and D as called in the G step); ``G_run`` and
+    ``D_run`` are the ones the steps train through: the same modules, or their DDP wrappers under torchrun.
+    """
+
+    G: nn.Module
+    D: nn.Module
+    vgg_loss: nn.Module | None
+    preset: str
+    overrides: dict[str, Any]
+    hw: tuple[int, int]
+    label_nc: int
+    num_d: int
+    G_run: nn.Module | None = None
+    D_run: nn.Module | None = None
+
+
+def _build_models(cfg: TrainConfig, ds_spec, dist: _Dist, device: torch.device, say, console) -> _Models:
+    """Seed, build and initialise G and the multi-scale D on ``device``; the VGG loss when weights are given."""
+    from asapbench.losses import VGGLoss, load_vgg19
+    from asapbench.models.discriminators import MultiscaleDiscriminator, default_num_d
+
+    _seed_all(cfg.seed)
+    G, preset, overrides, (H, W), label_nc = _build_generator(cfg, ds_spec, say)
+    init_weights(G, cfg.init_gain)
+    num_d = cfg.n_scales_d or default_num_d(H, W)
+    D = MultiscaleDiscriminator(G.input_nc + 3, num_d=num_d, ndf=cfg.ndf, spectral=cfg.d_spectral)
+    init_weights(D, cfg.init_gain)
+    G.to(device).train()
+    D.to(device).train()
+    vgg_loss = None
+    if cfg.lambda_vgg > 0:
+        if cfg.vgg_weights:
+            vgg_loss = VGGLoss(load_vgg19(cfg.vgg_weights)).to(device)
+        elif dist.main:
+            console.print("[yellow]warning:[/yellow] no --vgg-weights given: training without the VGG19 perceptual "
+                          "loss (lambda 10 in the paper's recipe); pass torchvision's vgg19 state-dict file to "
+                          "include it", highlight=False)
+    return _Models(G, D, vgg_loss, preset, overrides, (H, W), label_nc, num_d, G_run=G, D_run=D)
+
+
+def _wrap_for_ddp(models: _Models, dist: _Dist, device: torch.device) -> None:
+    """Under torchrun, train through DistributedDataParallel wrappers (SyncBatchNorm in G on CUDA).
+
+    Called after a resume has loaded the weights: DDP broadcasts rank 0's parameters when it wraps.
+    """
+    if not dist.enabled:
+        return
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    G = models.G
+    if device.type == "cuda":
+        G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+    ids = [device.index] if device.type == "cuda" else None
+    models.G_run = DDP(G, device_ids=ids)
+    models.D_run = DDP(models.D, device_ids=ids)
+
+
+@dataclass
+class _Data:
+    """The dataset, its resumable sampler and loader, and the run's length in steps."""
+
+    dataset: Any
+    sampler: ResumableSampler
+    loader: DataLoader
+    steps_per_epoch: int
+    total: int
+
+
+def _build_data(cfg: TrainConfig, models: _Models, dist: _Dist, device: torch.device) -> _Data:
+    """The dataset at the generator's size and label count, this rank's sampler, the loader, the number of steps."""
+    from asapbench.data import build_dataset
+
+    G = models.G
+    use_inst = bool(G.input_kind != "image" and G.instance_edge)
+    dataset = build_dataset(
+        cfg.dataset, cfg.data, models.hw, models.label_nc,
+        contain_dontcare=bool(getattr(G, "contain_dontcare", False)), use_instances=use_inst,
+        preprocess=cfg.preprocess, load_size=_parse_hw(cfg.load_size, "--load-size"), flip=cfg.flip,
+        seed=cfg.seed, split=cfg.split, synthetic_size=cfg.synthetic_size)
+    sampler = ResumableSampler(dataset, dist.world_size, dist.rank, seed=cfg.seed)
+    steps_per_epoch = sampler.samples_per_epoch() // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise UserError(f"the {cfg.dataset} data has {len(dataset)} samples, fewer than --batch-size "
+                        f"{cfg.batch_size} x {dist.world_size} process(es); lower --batch-size")
+    total = cfg.steps if cfg.steps is not None else (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())  # own generator: the global RNG stays untouched
+    return _Data(dataset, sampler, loader, steps_per_epoch, total)
+
+
+#: the optimisation objects of :class:`_Optim`, in the order they are saved and restored
+_OPTIM_KEYS = ("opt_G", "opt_D", "sched_G", "sched_D", "scaler_G", "scaler_D")
+
+
+@dataclass
+class _Optim:
+    """Adam optimisers, lr schedules and AMP gradient scalers of G and D."""
+
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    sched_G: torch.optim.lr_scheduler.LambdaLR
+    sched_D: torch.optim.lr_scheduler.LambdaLR
+    scaler_G: torch.amp.GradScaler
+    scaler_D: torch.amp.GradScaler
+
+    def state_dicts(self) -> dict[str, Any]:
+        """``{name: state dict}`` of every object, for the train state."""
+        return {k: getattr(self, k).state_dict() for k in _OPTIM_KEYS}
+
+    def load_state_dicts(self, saved: dict[str, Any]) -> None:
+        """Load what :meth:`state_dicts` saved."""
+        for k in _OPTIM_KEYS:
+            getattr(self, k).load_state_dict(saved[k])
+
+    def follow_total(self, total: int, decay_fraction: float, step: int) -> None:
+        """Make the lr schedules follow a (possibly new) number of steps, at ``step``."""
+        for s, opt in ((self.sched_G, self.opt_G), (self.sched_D, self.opt_D)):
+            s.lr_lambdas = [_lr_lambda(total, decay_fraction)]
+            for g, base in zip(opt.param_groups, s.base_lrs):
+                g["lr"] = base * s.lr_lambdas[0](step)
+
+
+def _build_optim(cfg: TrainConfig, models: _Models, total: int, device: torch.device) -> _Optim:
+    """Adam for G and D, lr constant then decayed linearly over the last ``decay_fraction`` of ``total``, scalers."""
+    betas = (cfg.beta1, cfg.beta2)
+    opt_G = torch.optim.Adam([p for p in models.G.parameters() if p.requires_grad], lr=cfg.lr_g, betas=betas)
+    opt_D = torch.optim.Adam(models.D.parameters(), lr=cfg.lr_d, betas=betas)
+    sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, _lr_lambda(total, cfg.decay_fraction))
+    sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, _lr_lambda(total, cfg.decay_fraction))
+    scaling = cfg.amp and device.type == "cuda"
+    scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
+    scaler_D = torch.amp.GradScaler(device.type, enabled=scaling)
+    return _Optim(opt_G, opt_D, sched_G, sched_D, scaler_G, scaler_D)
+
+
+@dataclass
+class _Position:
+    """Where a run stands: steps done, epoch, batches done in the epoch, and the step it resumed from."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    resumed_from: int | None = None
+
+    def steps_here(self) -> int:
+        """Steps done by this process (since the resume)."""
+        return self.step - (self.resumed_from or 0)
+
+
+def _restore(saved_state, cfg: TrainConfig, out: Path, models: _Models, optim: _Optim, data: _Data,
+             dist: _Dist, say) -> _Position:
+    """Resume: load the weights, optimisation state, position and this rank's RNG states of ``saved_state``.
+
+    A fresh run (``saved_state`` None) seeds each rank instead and starts at step 0.
+    """
+    if saved_state is None:
+        _seed_all(cfg.seed + dist.rank)  # per-rank randomness from here on (dropout etc.)
+        return _Position()
+    models.G.load_state_dict(saved_state["G"])
+    models.D.load_state_dict(saved_state["D"])
+    optim.load_state_dicts(saved_state)
+    pos = _Position(int(saved_state["step"]), int(saved_state["epoch"]), int(saved_state["batch_in_epoch"]))
+    old_world = int(saved_state.get("world_size", 1))
+    if old_world != dist.world_size or int(saved_state.get("dataset_len", len(data.dataset))) != len(data.dataset):
+        say("the number of processes or of samples changed since the checkpoint: the data order of this "
+            "epoch differs from an uninterrupted run")
+        pos.batch_in_epoch = min(pos.batch_in_epoch * old_world // dist.world_size, data.steps_per_epoch)
+    if pos.batch_in_epoch >= data.steps_per_epoch:
+        pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+    rngs = saved_state["rng"]
+    _set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
+    pos.resumed_from = pos.step
+    optim.follow_total(data.total, cfg.decay_fraction, pos.step)  # the lr factor follows the new total
+    say(f"resuming {str(out)!r} at step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch}) of {data.total}")
+    return pos
+
+
+@dataclass
+class _Run:
+    """Everything one training run works with, built by the stages above."""
+
+    cfg: TrainConfig
+    out: Path
+    dist: _Dist
+    device: torch.device
+    say: Any
+    console: Any
+    models: _Models
+    data: _Data
+    optim: _Optim
+    pos: _Position
+    autocast: Any = None
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_info(run: _Run) -> dict[str, Any]:
+    """The content of run.json, less the step, epoch and time of each save."""
+    cfg, G = run.cfg, run.models.G
+    H, W = run.models.hw
+    return {
+        "model": cfg.model, "preset": run.models.preset, "overrides": run.models.overrides, "config": dict(G.config),
+        "resolution": [H, W], "label_nc": run.models.label_nc, "input_nc": G.input_nc, "input_kind": G.input_kind,
+        "instance_edge": bool(G.instance_edge), "dataset": {"kind": cfg.dataset, "data": cfg.data,
+                                                            "samples": len(run.data.dataset), "split": cfg.split},
+        "discriminator": {"num_d": run.models.num_d, "ndf": cfg.ndf, "spectral": cfg.d_spectral,
+                          "input_nc": G.input_nc + 3},
+        "vgg_loss": run.models.vgg_loss is not None, "world_size": run.dist.world_size,
+        "total_steps": run.data.total, "steps_per_epoch": run.data.steps_per_epoch, "args": dataclasses.asdict(cfg),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# files and signals
+# ----------------------------------------------------------------------------------------------
+class _LossLog:
+    """losses.csv, open for appending while the run goes (rank 0; the other ranks write nothing).
+
+    On entry the file is rewritten with its header and, on resume, its rows up to the checkpoint's
+    step (rows logged after the last checkpoint, and a line torn by kill -9, are dropped).
+    """
+
+    def __init__(self, path: Path, resumed_at: int | None, main: bool):
+        self.path, self.resumed_at, self.main = path, resumed_at, main
+        self.file = None
+        self.writer = None
+
+    def __enter__(self) -> Self:
+        from asapbench.fsutil import atomic_write_text
+
+        if self.main:
+            rows = _read_csv_rows(self.path, self.resumed_at) if self.resumed_at is not None else []
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+            atomic_write_text(self.path, buf.getvalue())
+            self.file = open(self.path, "a", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row and flush it."""
+        if self.writer is not None:
+            self.writer.writerow(row)
+            self.file.flush()
+
+    def flush(self) -> None:
+        """Flush what was written (a no-op once closed)."""
+        if self.file is not None and not self.file.closed:
+            self.file.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class _StopOnSignal:
+    """While active, SIGINT/SIGTERM ask the loop to finish the current step, save and stop.
+
+    ``sig`` is the signal received (None if none); a second signal aborts at once (KeyboardInterrupt).
+    Handlers are installed only in the main thread and restored on exit.
+    """
+
+    def __init__(self):
+        self.sig: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.sig is not None:
+            raise KeyboardInterrupt  # a second signal aborts at once
+        self.sig = signum
+
+    def __enter__(self) -> Self:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
+def _save_checkpoint(run: _Run, log: _LossLog) -> None:
+    """Write train_state.pt (with every rank's RNG states), latest_net_G.pth and run.json; flush losses.csv.
+
+    Every rank takes part (RNG states are gathered, then a barrier); rank 0 writes.
+    """
+    from asapbench.checkpoint import save_generator
+    from asapbench.fsutil import atomic_torch_save, atomic_write_json
+
+    dist, pos, m = run.dist, run.pos, run.models
+    rng = _rng_state()
+    if dist.enabled:
+        rngs = [None] * dist.world_size
+        torch.distributed.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
+    if dist.main:
+        state = {
+            "version": 1, "step": pos.step, "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch,
+            "world_size": dist.world_size, "dataset_len": len(run.data.dataset), "total_steps": run.data.total,
+            "G": m.G.state_dict(), "D": m.D.state_dict(), **run.optim.state_dicts(),
+            "rng": rngs, "config": dataclasses.asdict(run.cfg),
+        }
+        atomic_torch_save(state, run.out / STATE_FILE)
+        save_generator(m.G, run.out / GEN_FILE)
+        atomic_write_json(run.out / RUN_FILE, {**run.run_info, "step": pos.step, "epoch": pos.epoch,
+                                               "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log.flush()
+    if dist.enabled:
+        torch.distributed.barrier()
+
+
+def _save_sample(run: _Run, batch: dict[str, Any], step: _StepOut) -> None:
+    """samples/step_XXXXXXX.png: label (or input image) | output | photo of the step's batch."""
+    from asapbench.data import colorize_labels
+
+    G = run.models.G
+    lab = step.x if G.input_kind == "image" else colorize_labels(batch["label"].to(run.device), run.models.label_nc)
+    _save_grid(run.out / "samples" / f"step_{run.pos.step:07d}.png", lab, step.fake, step.real)
+
+
+# ----------------------------------------------------------------------------------------------
+# one iteration
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _StepOut:
+    """What one iteration produced: the losses (LOSS_COLUMNS order), the lrs it used, input, output, photo."""
+
+    losses: torch.Tensor
+    lrs: tuple[float, float]
+    x: torch.Tensor
+    fake: torch.Tensor
+    real: torch.Tensor
+
+
+def _g_step(run: _Run, x: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """G step with D frozen; fake and real go through D together (one pass, as SPADE).
+
+    Returns the output and the G losses (GAN, feature matching, VGG, L1, total).
+    """
+    from asapbench.losses import feature_matching_loss, hinge_g_loss
+
+    cfg, m, o = run.cfg, run.models, run.optim
+    for p in m.D.parameters():
+        p.requires_grad_(False)
+    with run.autocast:
+        fake = m.G_run(x)
+        if fake.shape != real.shape:
+            H, W = m.hw
+            raise UserError(f"{cfg.model}:{m.preset} turns a {H}x{W} input into {list(fake.shape[2:])}, "
+                            f"not {H}x{W}; pass the --res this preset was built for")
+        preds = m.D(torch.cat([torch.cat([x, fake], 1), torch.cat([x, real], 1)], 0))
+        pred_fake = [[f[: x.shape[0]] for f in scale] for scale in preds]
+        pred_real = [[f[x.shape[0]:] for f in scale] for scale in preds]
+        g_gan = hinge_g_loss(pred_fake)
+        zero = g_gan.new_zeros(())
+        g_feat = feature_matching_loss(pred_fake, pred_real, cfg.lambda_feat) if cfg.lambda_feat else zero
+        g_vgg = m.vgg_loss(fake, real) * cfg.lambda_vgg if m.vgg_loss is not None else zero
+        g_l1 = F.l1_loss(fake.float(), real) * cfg.lambda_l1 if cfg.lambda_l1 else zero
+        g_total = g_gan + g_feat + g_vgg + g_l1
+    o.opt_G.zero_grad(set_to_none=True)
+    o.scaler_G.scale(g_total).backward()
+    o.scaler_G.step(o.opt_G)
+    o.scaler_G.update()
+    return fake, [g_gan, g_feat, g_vgg, g_l1, g_total]
+
+
+def _d_step(run: _Run, x: torch.Tensor, fake: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
+    """D step on the same (detached) output; returns the D losses (real, fake)."""
+    from asapbench.losses import hinge_d_loss
+
+    m, o = run.models, run.optim
+    for p in m.D.parameters():
+        p.requires_grad_(True)
+    with run.autocast:
+        preds = m.D_run(torch.cat([torch.cat([x, fake.detach()], 1), torch.cat([x, real], 1)], 0))
+        d_real, d_fake = hinge_d_loss([s[-1][x.shape[0]:] for s in preds], [s[-1][: x.shape[0]] for s in preds])
+        d_total = d_real + d_fake
+    o.opt_D.zero_grad(set_to_none=True)
+    o.scaler_D.scale(d_total).backward()
+    o.scaler_D.step(o.opt_D)
+    o.scaler_D.update()
+    return [d_real, d_fake]
+
+
+def _train_iteration(run: _Run, batch: dict[str, Any]) -> _StepOut:
+    """One iteration on ``batch``: G step, then D step (as pix2pixHD), then one lr-schedule step."""
+    from asapbench.data import encode_batch
+
+    x = encode_batch(batch, run.models.G, run.models.label_nc, run.device)  # (N, input_nc, H, W)
+    real = batch["image"].to(run.device, non_blocking=True)  # (N, 3, H, W)
+    fake, g_losses = _g_step(run, x, real)
+    d_losses = _d_step(run, x, fake, real)
+    o = run.optim
+    lrs = (o.opt_G.param_groups[0]["lr"], o.opt_D.param_groups[0]["lr"])
+    o.sched_G.step()
+    o.sched_D.step()
+    losses = torch.stack([v.float() for v in (*g_losses, *d_losses)]).detach()
+    return _StepOut(losses, lrs, x, fake, real)
+
+
+def _mean_over_ranks(losses: torch.Tensor, stop_here: bool, dist: _Dist) -> tuple[list[float], bool]:
+    """The losses averaged over the processes, and whether any process was asked to stop (one all_reduce)."""
+    flag = torch.tensor([1.0 if stop_here else 0.0], device=losses.device)
+    if dist.enabled:
+        packed = torch.cat([losses, flag])
+        torch.distributed.all_reduce(packed)
+        losses = packed[:-1] / dist.world_size
+        flag = packed[-1:]
+    return losses.cpu().tolist(), float(flag[0]) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+def _progress_bar(run: _Run):
+    """The rich progress bar (rank 0, unless ``--no-progress``)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=run.console,
+                    disable=not (run.dist.main and run.cfg.progress), transient=False)
+
+
+def _progress_info(epoch: int, last: dict[str, float], ips: float, with_vgg: bool) -> str:
+    """The progress bar's text: epoch, G losses, D loss, speed."""
+    vgg = f" vgg {last['G_VGG']:.3f}" if with_vgg else ""
+    return (f"ep {epoch} G {last['G_total']:.3f} (gan {last['G_GAN']:.3f} feat {last['G_feat']:.3f}{vgg}) "
+            f"D {last['D_real'] + last['D_fake']:.3f} | {ips:.2f} img/s")
+
+
+@dataclass
+class _LoopEnd:
+    """How the loop ended: the step last saved (-1: none), the speeds after the first step, the last losses."""
+
+    saved_at: int
+    speeds: list[float] = field(default_factory=list)
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def _loop(run: _Run, log: _LossLog, stop: _StopOnSignal) -> _LoopEnd:
+    """Train up to the last step or a stop: log every step, save samples and checkpoints on schedule."""
+    cfg, pos, data = run.cfg, run.pos, run.data
+    end = _LoopEnd(saved_at=pos.step if pos.resumed_from is not None else -1)
+    it = None
+    try:
+        with _progress_bar(run) as progress:
+            task = progress.add_task("train", total=data.total, completed=pos.step, info="")
+            while pos.step < data.total:
+                if it is None:
+                    data.sampler.set_position(pos.epoch, pos.batch_in_epoch * cfg.batch_size)
+                    it = iter(data.loader)
+                t0 = time.perf_counter()
+                batch = next(it)
+                res = _train_iteration(run, batch)
+                pos.step += 1
+                pos.batch_in_epoch += 1
+                vals, stop_asked = _mean_over_ranks(res.losses, stop.sig is not None, run.dist)
+                if run.device.type == "cuda":
+                    torch.cuda.synchronize(run.device)
+                ips = cfg.batch_size * run.dist.world_size / (time.perf_counter() - t0)
+                if pos.steps_here() > 1:
+                    end.speeds.append(ips)
+                end.last = dict(zip(LOSS_COLUMNS, vals))
+                log.write({"step": pos.step, "epoch": pos.epoch, "lr_G": repr(res.lrs[0]), "lr_D": repr(res.lrs[1]),
+                           **{k: repr(v) for k, v in end.last.items()}, "img_per_s": f"{ips:.4f}"})
+                if run.dist.main and pos.step % cfg.sample_every == 0:
+                    _save_sample(run, batch, res)
+                if pos.batch_in_epoch >= data.steps_per_epoch:
+                    pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+                    it = None
+                progress.update(task, completed=pos.step,
+                                info=_progress_info(pos.epoch, end.last, ips, run.models.vgg_loss is not None))
+                stopping = stop_asked or (cfg.stop_after is not None and pos.steps_here() >= cfg.stop_after)
+                if pos.step % cfg.save_every == 0 or pos.step == data.total or stopping:
+                    _save_checkpoint(run, log)
+                    end.saved_at = pos.step
+                if stopping:
+                    break
+    finally:
+        it = None  # drop the loader iterator (and its workers) now, also on an error
+    return end
+
+
+def _finish(run: _Run, log: _LossLog, stop_sig: int | None, end: _LoopEnd) -> TrainResult:
+    """Report how the run ended (saving once more if it stopped after its last save) as a TrainResult."""
+    cfg, pos, total, out = run.cfg, run.pos, run.data.total, run.out
+    interrupted = None
+    if pos.step < total and stop_sig is None and cfg.stop_after is not None:
+        run.say(f"stopped after {cfg.stop_after} steps as asked (--stop-after), at step {pos.step}/{total}; "
+                f"checkpoint saved in {str(out)!r}; continue with --resume")
+    elif stop_sig is not None or (run.dist.enabled and pos.step < total):
+        if end.saved_at != pos.step:
+            _save_checkpoint(run, log)
+        interrupted = signal.Signals(stop_sig).name if stop_sig is not None else "SIGTERM"
+        run.say(f"stopped by {interrupted} at step {pos.step}/{total}; checkpoint saved in {str(out)!r}; "
+                "continue with --resume")
+    mean_ips = float(np.mean(end.speeds)) if end.speeds else None
+    if interrupted is None:
+        run.say(f"done: {pos.step} steps" + (f", {mean_ips:.2f} img/s" if mean_ips else "")
+                + f"; generator in {str(out / GEN_FILE)!r}")
+    return TrainResult(out=out, step=pos.step, epoch=pos.epoch, total_steps=total, interrupted=interrupted,
+                       images_per_s=mean_ips, last=end.last, checkpoint=out / GEN_FILE, resumed_from=pos.resumed_from)
+
+
 # ----------------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------------
+def _open_run(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """(resolved configuration, saved state or None).
+
+    Resume: read ``train_state.pt`` and resolve ``cfg`` against the saved settings. Fresh run:
+    refuse to overwrite a run (or a generator file) in ``out`` and resolve ``cfg`` with the defaults.
+    """
+    state_path = out / STATE_FILE
+    if not cfg.resume:
+        if state_path.exists():
+            raise UserError(f"{str(out)!r} already holds a training run; pass --resume to continue it, "
+                            "or choose another --out")
+        if (out / GEN_FILE).exists():
+            raise UserError(f"{str(out)!r} already holds a {GEN_FILE} that a new run would overwrite; "
+                            "choose another --out or move that file")
+        return resolve_config(cfg), None
+    if not state_path.is_file():
+        raise UserError(f"nothing to resume in {str(out)!r} (no {STATE_FILE}); train without --resume first")
+    try:
+        saved_state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means a damaged file
+        raise UserError(f"cannot read {str(state_path)!r} ({type(exc).__name__}: {str(exc)[:120]}); "
+                        "the file is damaged: delete it to start over") from None
+    return resolve_config(cfg, saved_state["config"]), saved_state
+
+
 def train(cfg: TrainConfig, console=None) -> TrainResult:
     """Train a generator as configured; returns when done or after a SIGINT/SIGTERM (checkpoint saved).
 
@@ -420,28 +1022,7 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     out = Path(cfg.out) if cfg.out else None
     if out is None:
         raise UserError("training needs --out (the run folder, e.g. runs/NAME)")
-    state_path, run_path = out / STATE_FILE, out / RUN_FILE
-
-    # ---- resume or fresh start ------------------------------------------------------------
-    saved_state = None
-    if cfg.resume:
-        if not state_path.is_file():
-            raise UserError(f"nothing to resume in {str(out)!r} (no {STATE_FILE}); train without --resume first")
-        try:
-            saved_state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"cannot read {str(state_path)!r} ({type(exc).__name__}: {str(exc)[:120]}); "
-                            "the file is damaged: delete it to start over") from None
-        cfg = resolve_config(cfg, saved_state["config"])
-    else:
-        if state_path.exists():
-            raise UserError(f"{str(out)!r} already holds a training run; pass --resume to continue it, "
-                            "or choose another --out")
-        if (out / GEN_FILE).exists():
-            raise UserError(f"{str(out)!r} already holds a {GEN_FILE} that a new run would overwrite; "
-                            "choose another --out or move that file")
-        cfg = resolve_config(cfg)
-
+    cfg, saved_state = _open_run(cfg, out)
     dist = _setup_distributed(cfg.device)
     try:
         return _train(cfg, out, saved_state, dist, console)
@@ -452,323 +1033,30 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
             tdist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, out: Path, saved_state, dist: _Dist, console) -> TrainResult:  # noqa: C901
+def _train(cfg: TrainConfig, out: Path, saved_state, dist: _Dist, console) -> TrainResult:
+    """Build the run stage by stage (folder, device, models, data, optimisation, resume), then train it."""
     from rich.console import Console
 
-    from asapbench.checkpoint import save_generator
-    from asapbench.data import build_dataset, colorize_labels, describe_dataset, encode_batch
-    from asapbench.fsutil import atomic_torch_save, atomic_write_json, atomic_write_text, ensure_writable_dir
-    from asapbench.losses import VGGLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss, load_vgg19
-    from asapbench.models.discriminators import MultiscaleDiscriminator, default_num_d
+    from asapbench.data import describe_dataset
 
     console = console or Console(stderr=True)
-
-    def say(msg: str) -> None:
-        if dist.main:
-            console.print(f"[bold]train:[/bold] {msg}", highlight=False)
-
-    if dist.main:
-        ensure_writable_dir(out, "run folder")
-        for stale in out.glob(".*.tmp"):  # temporary files of a write cut short by kill -9
-            if any(stale.name.startswith(f".{n}.") for n in (STATE_FILE, GEN_FILE, RUN_FILE, CSV_FILE)):
-                stale.unlink(missing_ok=True)
-    if dist.enabled:
-        torch.distributed.barrier()
-
-    if cfg.device:
-        device = torch.device(cfg.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", dist.local_rank)
-    else:
-        device = torch.device("cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", dist.local_rank)
-
-    # ---- model -------------------------------------------------------------------------------
+    say = _sayer(console, dist)
+    _prepare_run_folder(out, dist)
+    device = _pick_device(cfg, dist)
     ds_spec = describe_dataset(cfg.dataset, cfg.data, cfg.label_nc, cfg.split)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    G, preset, overrides, (H, W), label_nc = _setup_model(cfg, ds_spec, say)
-    init_weights(G, cfg.init_gain)
-    num_d = cfg.n_scales_d or default_num_d(H, W)
-    D = MultiscaleDiscriminator(G.input_nc + 3, num_d=num_d, ndf=cfg.ndf, spectral=cfg.d_spectral)
-    init_weights(D, cfg.init_gain)
-    G.to(device).train()
-    D.to(device).train()
-
-    vgg_loss = None
-    if cfg.lambda_vgg > 0:
-        if cfg.vgg_weights:
-            vgg_loss = VGGLoss(load_vgg19(cfg.vgg_weights)).to(device)
-        elif dist.main:
-            console.print("[yellow]warning:[/yellow] no --vgg-weights given: training without the VGG19 perceptual "
-                          "loss (lambda 10 in the paper's recipe); pass torchvision's vgg19 state-dict file to "
-                          "include it", highlight=False)
-
-    # ---- data --------------------------------------------------------------------------------
-    use_inst = bool(G.input_kind != "image" and G.instance_edge)
-    dataset = build_dataset(
-        cfg.dataset, cfg.data, (H, W), label_nc,
-        contain_dontcare=bool(getattr(G, "contain_dontcare", False)), use_instances=use_inst,
-        preprocess=cfg.preprocess, load_size=_parse_hw(cfg.load_size, "--load-size"), flip=cfg.flip,
-        seed=cfg.seed, split=cfg.split, synthetic_size=cfg.synthetic_size)
-    sampler = ResumableSampler(dataset, dist.world_size, dist.rank, seed=cfg.seed)
-    steps_per_epoch = sampler.samples_per_epoch() // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise UserError(f"the {cfg.dataset} data has {len(dataset)} samples, fewer than --batch-size "
-                        f"{cfg.batch_size} x {dist.world_size} process(es); lower --batch-size")
-    if cfg.steps is not None:
-        total = cfg.steps
-    else:
-        total = (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator())  # own generator: the global RNG stays untouched
-
-    # ---- optimisation ------------------------------------------------------------------------
-    opt_G = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, _lr_lambda(total, cfg.decay_fraction))
-    sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, _lr_lambda(total, cfg.decay_fraction))
+    models = _build_models(cfg, ds_spec, dist, device, say, console)
+    data = _build_data(cfg, models, dist, device)
+    optim = _build_optim(cfg, models, data.total, device)
+    pos = _restore(saved_state, cfg, out, models, optim, data, dist, say)
+    _wrap_for_ddp(models, dist, device)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler_G = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-    scaler_D = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-
-    step, epoch, batch_in_epoch = 0, 0, 0
-    resumed_from = None
-    if saved_state is not None:
-        G.load_state_dict(saved_state["G"])
-        D.load_state_dict(saved_state["D"])
-        opt_G.load_state_dict(saved_state["opt_G"])
-        opt_D.load_state_dict(saved_state["opt_D"])
-        sched_G.load_state_dict(saved_state["sched_G"])
-        sched_D.load_state_dict(saved_state["sched_D"])
-        scaler_G.load_state_dict(saved_state["scaler_G"])
-        scaler_D.load_state_dict(saved_state["scaler_D"])
-        step, epoch = int(saved_state["step"]), int(saved_state["epoch"])
-        batch_in_epoch = int(saved_state["batch_in_epoch"])
-        old_world = int(saved_state.get("world_size", 1))
-        if old_world != dist.world_size or int(saved_state.get("dataset_len", len(dataset))) != len(dataset):
-            say("the number of processes or of samples changed since the checkpoint: the data order of this "
-                "epoch differs from an uninterrupted run")
-            batch_in_epoch = min(batch_in_epoch * old_world // dist.world_size, steps_per_epoch)
-        if batch_in_epoch >= steps_per_epoch:
-            epoch, batch_in_epoch = epoch + 1, 0
-        rngs = saved_state["rng"]
-        _set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
-        resumed_from = step
-        # the per-step lr factor follows the (possibly new) total number of steps
-        for s, opt in ((sched_G, opt_G), (sched_D, opt_D)):
-            s.lr_lambdas = [_lr_lambda(total, cfg.decay_fraction)]
-            for g, base in zip(opt.param_groups, s.base_lrs):
-                g["lr"] = base * s.lr_lambdas[0](step)
-        say(f"resuming {str(out)!r} at step {step} (epoch {epoch}, batch {batch_in_epoch}) of {total}")
-    else:
-        torch.manual_seed(cfg.seed + dist.rank)  # per-rank randomness from here on (dropout etc.)
-        random.seed(cfg.seed + dist.rank)
-        np.random.seed(cfg.seed + dist.rank)
-
-    G_raw, D_raw = G, D
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        if device.type == "cuda":
-            G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-        ids = [device.index] if device.type == "cuda" else None
-        G = DDP(G, device_ids=ids)
-        D = DDP(D, device_ids=ids)
-
-    # ---- files -------------------------------------------------------------------------------
-    csv_path = out / CSV_FILE
-    csv_file = None
-    if dist.main:
-        rows = _read_csv_rows(csv_path, step) if resumed_from is not None else []
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
-        atomic_write_text(csv_path, buf.getvalue())
-        csv_file = open(csv_path, "a", newline="")
-    csv_writer = csv.DictWriter(csv_file, fieldnames=CSV_COLUMNS, lineterminator="\n") if csv_file else None
-
-    resolved = dataclasses.asdict(cfg)
-    run_info = {
-        "model": cfg.model, "preset": preset, "overrides": overrides, "config": dict(G_raw.config),
-        "resolution": [H, W], "label_nc": label_nc, "input_nc": G_raw.input_nc, "input_kind": G_raw.input_kind,
-        "instance_edge": bool(G_raw.instance_edge), "dataset": {"kind": cfg.dataset, "data": cfg.data,
-                                                                 "samples": len(dataset), "split": cfg.split},
-        "discriminator": {"num_d": num_d, "ndf": cfg.ndf, "spectral": cfg.d_spectral, "input_nc": G_raw.input_nc + 3},
-        "vgg_loss": vgg_loss is not None, "world_size": dist.world_size, "total_steps": total,
-        "steps_per_epoch": steps_per_epoch, "args": resolved,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-    }
-
-    def save(step_: int) -> None:
-        rng = _rng_state()
-        if dist.enabled:
-            gathered = [None] * dist.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rngs = gathered
-        else:
-            rngs = [rng]
-        if dist.main:
-            state = {
-                "version": 1, "step": step_, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "world_size": dist.world_size, "dataset_len": len(dataset), "total_steps": total,
-                "G": G_raw.state_dict(), "D": D_raw.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                "sched_G": sched_G.state_dict(), "sched_D": sched_D.state_dict(),
-                "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
-                "rng": rngs, "config": resolved,
-            }
-            atomic_torch_save(state, out / STATE_FILE)
-            save_generator(G_raw, out / GEN_FILE)
-            atomic_write_json(out / RUN_FILE, {**run_info, "step": step_, "epoch": epoch,
-                                                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-            if csv_file is not None:
-                csv_file.flush()
-        if dist.enabled:
-            torch.distributed.barrier()
-
-    # ---- signals -----------------------------------------------------------------------------
-    stop = {"sig": None}
-
-    def on_signal(signum, frame):
-        if stop["sig"] is not None:
-            raise KeyboardInterrupt  # a second signal aborts at once
-        stop["sig"] = signum
-
-    old_handlers = {}
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[s] = signal.signal(s, on_signal)
-
-    # ---- loop --------------------------------------------------------------------------------
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                        disable=not (dist.main and cfg.progress), transient=False)
-    say(f"{cfg.model}:{preset} at {H}x{W}, {sum(p.numel() for p in G_raw.parameters()) / 1e6:.2f}M params; "
-        f"D {num_d} scales; {cfg.dataset}: {len(dataset)} samples, {steps_per_epoch} steps/epoch; "
-        f"{total} steps; batch {cfg.batch_size} x {dist.world_size} on {device}")
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp)
-    last: dict[str, float] = {}
-    speeds: list[float] = []
-    it = None
-    saved_at = step if resumed_from is not None else -1
-    try:
-        with progress:
-            task = progress.add_task("train", total=total, completed=step, info="")
-            while step < total:
-                if it is None:
-                    sampler.set_position(epoch, batch_in_epoch * cfg.batch_size)
-                    it = iter(loader)
-                t0 = time.perf_counter()
-                batch = next(it)
-                x = encode_batch(batch, G_raw, label_nc, device)  # (N, input_nc, H, W)
-                real = batch["image"].to(device, non_blocking=True)  # (N, 3, H, W)
-
-                # G step: D frozen; fake and real go through D together (one pass, as SPADE)
-                for p in D_raw.parameters():
-                    p.requires_grad_(False)
-                with autocast:
-                    fake = G(x)
-                    if fake.shape != real.shape:
-                        raise UserError(f"{cfg.model}:{preset} turns a {H}x{W} input into {list(fake.shape[2:])}, "
-                                        f"not {H}x{W}; pass the --res this preset was built for")
-                    preds = D_raw(torch.cat([torch.cat([x, fake], 1), torch.cat([x, real], 1)], 0))
-                    pred_fake = [[f[: x.shape[0]] for f in scale] for scale in preds]
-                    pred_real = [[f[x.shape[0]:] for f in scale] for scale in preds]
-                    g_gan = hinge_g_loss(pred_fake)
-                    zero = g_gan.new_zeros(())
-                    g_feat = feature_matching_loss(pred_fake, pred_real, cfg.lambda_feat) if cfg.lambda_feat else zero
-                    g_vgg = vgg_loss(fake, real) * cfg.lambda_vgg if vgg_loss is not None else zero
-                    g_l1 = F.l1_loss(fake.float(), real) * cfg.lambda_l1 if cfg.lambda_l1 else zero
-                    g_total = g_gan + g_feat + g_vgg + g_l1
-                opt_G.zero_grad(set_to_none=True)
-                scaler_G.scale(g_total).backward()
-                scaler_G.step(opt_G)
-                scaler_G.update()
-
-                # D step on the same (detached) fake
-                for p in D_raw.parameters():
-                    p.requires_grad_(True)
-                with autocast:
-                    preds = D(torch.cat([torch.cat([x, fake.detach()], 1), torch.cat([x, real], 1)], 0))
-                    d_real, d_fake = hinge_d_loss([s[-1][x.shape[0]:] for s in preds],
-                                                       [s[-1][: x.shape[0]] for s in preds])
-                    d_total = d_real + d_fake
-                opt_D.zero_grad(set_to_none=True)
-                scaler_D.scale(d_total).backward()
-                scaler_D.step(opt_D)
-                scaler_D.update()
-                lrs = (opt_G.param_groups[0]["lr"], opt_D.param_groups[0]["lr"])
-                sched_G.step()
-                sched_D.step()
-
-                step += 1
-                batch_in_epoch += 1
-                vals = torch.stack([g_gan.float(), g_feat.float(), g_vgg.float(), g_l1.float(), g_total.float(),
-                                    d_real.float(), d_fake.float()]).detach()
-                flag = torch.tensor([1.0 if stop["sig"] is not None else 0.0], device=vals.device)
-                if dist.enabled:
-                    packed = torch.cat([vals, flag])
-                    torch.distributed.all_reduce(packed)
-                    vals = packed[:-1] / dist.world_size
-                    flag = packed[-1:]
-                vals = vals.cpu().tolist()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                dt = time.perf_counter() - t0
-                ips = cfg.batch_size * dist.world_size / dt
-                if step - (resumed_from or 0) > 1:
-                    speeds.append(ips)
-                last = dict(zip(["G_GAN", "G_feat", "G_VGG", "G_L1", "G_total", "D_real", "D_fake"], vals))
-                if csv_writer is not None:
-                    csv_writer.writerow({"step": step, "epoch": epoch, "lr_G": repr(lrs[0]), "lr_D": repr(lrs[1]),
-                                         **{k: repr(v) for k, v in last.items()}, "img_per_s": f"{ips:.4f}"})
-                    csv_file.flush()
-                if dist.main and step % cfg.sample_every == 0:
-                    lab = x if G_raw.input_kind == "image" else colorize_labels(batch["label"].to(device), label_nc)
-                    _save_grid(out / "samples" / f"step_{step:07d}.png", lab, fake, real)
-                if batch_in_epoch >= steps_per_epoch:
-                    epoch, batch_in_epoch = epoch + 1, 0
-                    it = None
-                progress.update(task, completed=step, info=(
-                    f"ep {epoch} G {last['G_total']:.3f} (gan {last['G_GAN']:.3f} feat {last['G_feat']:.3f}"
-                    f"{' vgg %.3f' % last['G_VGG'] if vgg_loss is not None else ''}) "
-                    f"D {last['D_real'] + last['D_fake']:.3f} | {ips:.2f} img/s"))
-                stopping = float(flag[0]) > 0 or (cfg.stop_after is not None
-                                                  and step - (resumed_from or 0) >= cfg.stop_after)
-                if step % cfg.save_every == 0 or step == total or stopping:
-                    save(step)
-                    saved_at = step
-                if stopping:
-                    break
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if csv_file is not None:
-            csv_file.close()
-        it = None
-
-    interrupted = None
-    if step < total and stop["sig"] is None and cfg.stop_after is not None:
-        say(f"stopped after {cfg.stop_after} steps as asked (--stop-after), at step {step}/{total}; "
-            f"checkpoint saved in {str(out)!r}; continue with --resume")
-    elif stop["sig"] is not None or (dist.enabled and step < total):
-        if saved_at != step:
-            save(step)
-        interrupted = signal.Signals(stop["sig"]).name if stop["sig"] is not None else "SIGTERM"
-        say(f"stopped by {interrupted} at step {step}/{total}; checkpoint saved in {str(out)!r}; "
-            "continue with --resume")
-    mean_ips = float(np.mean(speeds)) if speeds else None
-    if interrupted is None:
-        say(f"done: {step} steps" + (f", {mean_ips:.2f} img/s" if mean_ips else "") + f"; generator in {str(out / GEN_FILE)!r}")
-    return TrainResult(out=out, step=step, epoch=epoch, total_steps=total, interrupted=interrupted,
-                       images_per_s=mean_ips, last=last, checkpoint=out / GEN_FILE, resumed_from=resumed_from)
+    run = _Run(cfg, out, dist, device, say, console, models, data, optim, pos,
+               autocast=torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp))
+    run.run_info = _run_info(run)
+    with _LossLog(out / CSV_FILE, pos.resumed_from, dist.main) as log, _StopOnSignal() as stop:
+        H, W = models.hw
+        say(f"{cfg.model}:{models.preset} at {H}x{W}, {sum(p.numel() for p in models.G.parameters()) / 1e6:.2f}M "
+            f"params; D {models.num_d} scales; {cfg.dataset}: {len(data.dataset)} samples, {data.steps_per_epoch} "
+            f"steps/epoch; {data.total} steps; batch {cfg.batch_size} x {dist.world_size} on {device}")
+        end = _loop(run, log, stop)
+    return _finish(run, log, stop.sig, end)
