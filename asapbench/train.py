@@ -19,6 +19,12 @@ Files under ``out``:
 Every file is written to a temporary name and renamed. SIGINT/SIGTERM finish the current step,
 save and stop. Distributed: run under ``torchrun`` (DistributedDataParallel, a DistributedSampler
 per epoch, gloo on CPU / nccl on GPU); rank 0 writes, ``--batch-size`` is per process.
+
+Code: :func:`train` opens the run (:func:`_open_run`: resume or fresh) and hands over to
+:func:`_train`, which builds it stage by stage (:func:`_build_models` with :func:`_build_generator`,
+the one place that constructs the generator; :func:`_build_data`; :func:`_build_optim`;
+:func:`_restore`) and runs :func:`_loop`: one :func:`_train_iteration` per step, losses.csv through
+:class:`_LossLog`, :func:`_save_checkpoint`, signals through :class:`_StopOnSignal`.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from asapbench.errors import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from typing_extensions import Self
 
 STATE_FILE = "train_state.pt"
@@ -114,6 +122,7 @@ RESUME_CHANGEABLE = {"out", "resume", "epochs", "steps", "save_every", "sample_e
 
 
 def _parse_hw(text: str | None, what: str) -> tuple[int, int] | None:
+    """``"HxW"`` (or an (H, W) pair) as ``(H, W)``; None stays None. ``what`` names the option in errors."""
     if text is None:
         return None
     if isinstance(text, (tuple, list)):
@@ -180,6 +189,7 @@ def resolve_config(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> Tra
 
 
 def _norm(v):
+    """A setting in comparable form: lists for tuples, ints for integral floats (JSON/CLI round trips)."""
     if isinstance(v, (tuple, list)):
         return [_norm(x) for x in v]
     if isinstance(v, float) and v.is_integer():
@@ -246,6 +256,7 @@ class ResumableSampler(Sampler):
 
 
 def _lr_lambda(total: int, decay_fraction: float):
+    """The lr factor per step: 1, then linearly down to 0 over the last ``decay_fraction`` of ``total`` steps."""
     decay = round(total * decay_fraction)
     start = total - decay
 
@@ -259,6 +270,8 @@ def _lr_lambda(total: int, decay_fraction: float):
 
 @dataclass
 class _Dist:
+    """This process's place in a torchrun job (world size 1, rank 0 outside one)."""
+
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
@@ -274,6 +287,7 @@ class _Dist:
 
 
 def _setup_distributed(device_pref: str | None) -> _Dist:
+    """Join the torchrun job described by the environment (nccl on GPU, gloo on CPU), if there is one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist()
@@ -293,6 +307,7 @@ def _setup_distributed(device_pref: str | None) -> _Dist:
 
 
 def _rng_state() -> dict[str, Any]:
+    """The python, numpy, torch (and CUDA) RNG states, in a form ``torch.load(weights_only=True)`` reads."""
     st = np.random.get_state()
     out = {
         "python": random.getstate(),
@@ -306,6 +321,7 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(st: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_state` returned."""
     py = st["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = st["numpy"]
@@ -652,7 +668,7 @@ class _Run:
     out: Path
     dist: _Dist
     device: torch.device
-    say: Any
+    say: Callable[[str], None]
     console: Any
     models: _Models
     data: _Data
