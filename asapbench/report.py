@@ -53,7 +53,7 @@ class BenchRow:
     width: int = 0
     batch: int = 1
     params: int | None = None
-    macs: int | None = None  # per forward call (batch images), asapbench.counting.count_macs
+    macs: int | None = None  # per image (counted at batch 1), asapbench.counting.count_macs
     gmacs: float | None = None  # per image, 1e9 MACs
     ms_median: float | None = None
     ms_mean: float | None = None
