@@ -9,17 +9,22 @@ results/README.md.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
 import os
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from asapbench.bench.timing import COV_WARN
 from asapbench.errors import UserError
 from asapbench.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA = "asapbench.bench/1"
 STATUSES = ("ok", "oom", "unsupported", "budget", "error")
@@ -48,7 +53,7 @@ class BenchRow:
     width: int = 0
     batch: int = 1
     params: int | None = None
-    macs: int | None = None  # per forward call (batch images), asapbench.counting.count_macs
+    macs: int | None = None  # per image (counted at batch 1), asapbench.counting.count_macs
     gmacs: float | None = None  # per image, 1e9 MACs
     ms_median: float | None = None
     ms_mean: float | None = None
@@ -114,16 +119,38 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(BenchRow))
 _TYPES = {f.name: f.type for f in fields(BenchRow)}
 
 
-def _convert(name: str, text: str) -> Any:
+def _kind(name: str) -> str:
+    """``int``, ``float``, ``bool`` or ``str``: what a column holds (None allowed for int/float)."""
     t = str(_TYPES[name])
-    if text == "" and t != "str":
+    for k in ("int", "float", "bool"):
+        if t.startswith(k):
+            return k
+    return "str"
+
+
+_KINDS = {c: _kind(c) for c in COLUMNS}
+#: the pandas dtype of each column in :func:`frame`: nullable integers, floats and booleans, and text as
+#: plain Python strings (object), so that a missing number is ``<NA>`` and never a float NaN
+_DTYPES = {"int": "Int64", "float": "Float64", "bool": "boolean", "str": object}
+
+
+def _pd():
+    """pandas, imported when a table is built (``import asapbench`` stays light)."""
+    import pandas
+
+    return pandas
+
+
+def _convert(name: str, text: str) -> Any:
+    kind = _KINDS[name]
+    if text == "" and kind != "str":
         return None
     try:
-        if t.startswith("int"):
+        if kind == "int":
             return int(float(text)) if "." in text or "e" in text.lower() else int(text)
-        if t.startswith("float"):
+        if kind == "float":
             return float(text)
-        if t == "bool":
+        if kind == "bool":
             return text.strip().lower() in ("1", "true", "yes")
     except ValueError:
         raise UserError(f"column {name!r} holds {text!r}, which is not a number; is this an asapbench bench.csv?") from None
@@ -142,6 +169,21 @@ def row_from_dict(d: dict[str, Any]) -> BenchRow:
     return BenchRow(**kw)
 
 
+def _missing(v: Any) -> bool:
+    """None, pandas' NA or a float NaN: a cell without a value."""
+    return v is None or v is _pd().NA or (isinstance(v, float) and math.isnan(v))
+
+
+def frame(rows: Sequence[BenchRow]) -> pd.DataFrame:
+    """The rows as a DataFrame, one column per field in :data:`COLUMNS` order.
+
+    Numbers and flags use pandas' nullable dtypes (``Int64``, ``Float64``, ``boolean``): an empty
+    cell is ``<NA>`` and an integer column stays integer. Text columns hold Python strings.
+    """
+    pd = _pd()
+    return pd.DataFrame({c: pd.array([getattr(r, c) for r in rows], dtype=_DTYPES[_KINDS[c]]) for c in COLUMNS})
+
+
 # --------------------------------------------------------------------------------------------
 # CSV
 # --------------------------------------------------------------------------------------------
@@ -158,13 +200,13 @@ def _csv_value(v: Any) -> str:
 
 
 def csv_text(rows: Sequence[BenchRow]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    for r in rows:
-        d = r.as_dict()
-        w.writerow([_csv_value(d[c]) for c in COLUMNS])
-    return buf.getvalue()
+    """bench.csv as text: the header is :data:`COLUMNS`; empty cells for None, ``true``/``false``
+    for flags and the shortest exact form of every float, so that :func:`read_csv` gives the rows back.
+    """
+    pd = _pd()
+    # the cells are formatted from the rows themselves (not from frame()): a value is written as it was given
+    cells = pd.DataFrame([[_csv_value(getattr(r, c)) for c in COLUMNS] for r in rows], columns=list(COLUMNS), dtype=object)
+    return cells.to_csv(index=False, lineterminator="\n")
 
 
 def write_csv(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
@@ -172,41 +214,77 @@ def write_csv(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
     return atomic_write_text(path, csv_text(rows))
 
 
-def read_csv(path: str | os.PathLike) -> list[BenchRow]:
-    """Rows of a bench.csv (UserError when the file is missing or is not one)."""
-    p = Path(path)
+def _read_cells(p: Path) -> pd.DataFrame:
+    """The cells of a bench.csv as text ("" for an empty cell)."""
+    pd = _pd()
     if not p.is_file():
         raise UserError(f"no such CSV file: {str(p)!r}; pass the bench.csv written by `asapbench run`")
     try:
-        with open(p, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "model" not in reader.fieldnames or "ms_median" not in reader.fieldnames:
-                raise UserError(f"{str(p)!r} is not an asapbench bench.csv (no 'model'/'ms_median' columns)")
-            return [row_from_dict(rec) for rec in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        with warnings.catch_warnings():
+            # index_col=False: a line with more cells than the header loses the extra ones (pandas warns)
+            # instead of shifting every column by one. The python engine leaves the cells a short line
+            # lacks NaN (the C engine would make them ""), so that they take the field's default
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            cells = pd.read_csv(p, dtype=str, keep_default_na=False, index_col=False, engine="python", encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        cells = None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise UserError(f"cannot read {str(p)!r}: {exc}; pass a bench.csv written by `asapbench run`") from None
+    if cells is None or "model" not in cells.columns or "ms_median" not in cells.columns:
+        raise UserError(f"{str(p)!r} is not an asapbench bench.csv (no 'model'/'ms_median' columns)")
+    return cells
+
+
+def read_csv(path: str | os.PathLike) -> list[BenchRow]:
+    """Rows of a bench.csv (UserError when the file is missing or is not one)."""
+    cells = _read_cells(Path(path))
+    # a short line leaves NaN in its last cells: those take the field's default, as a missing column does
+    return [row_from_dict({k: v for k, v in rec.items() if isinstance(v, str)}) for rec in cells.to_dict("records")]
+
+
+def read_frame(path: str | os.PathLike) -> pd.DataFrame:
+    """A bench.csv as :func:`frame` gives it: typed columns, ``<NA>`` for empty numeric cells."""
+    return frame(read_csv(path))
 
 
 # --------------------------------------------------------------------------------------------
-# grouping helpers shared by markdown and plot
+# grouping shared by markdown and plot
 # --------------------------------------------------------------------------------------------
-def _backend_label(r: BenchRow) -> str:
-    return r.backend + (" +graph" if r.cuda_graph else "")
+#: two rows with the same values here are the same cell measured twice (merged CSVs): the last one counts
+_CELL_KEY = ["model", "preset", "overrides", "checkpoint", "backend", "precision", "device", "cuda_graph",
+             "height", "width", "batch", "machine"]
+#: the columns that name one line of a table: model, backend (+graph), precision, where it ran
+_GROUP = ["model", "label", "precision", "where"]
 
 
-def _latest(rows: Iterable[BenchRow]) -> list[BenchRow]:
-    """Drop duplicates of the same cell (merged CSVs): the last one wins."""
-    seen: dict[tuple, BenchRow] = {}
-    for r in rows:
-        key = (r.model, r.preset, r.overrides, r.checkpoint, r.backend, r.precision, r.device, r.cuda_graph,
-               r.height, r.width, r.batch, r.machine)
-        seen.pop(key, None)
-        seen[key] = r
-    return list(seen.values())
+def _view(rows: Sequence[BenchRow]) -> pd.DataFrame:
+    """:func:`frame` of the rows with duplicates of a cell dropped (the last one wins, in the place of
+    its last occurrence), plus the columns the tables and the plot group by: ``machine`` (the GPU name
+    for CUDA rows, else the CPU model), ``label`` (backend, "+graph" for CUDA-graph rows), ``res``
+    ("HxW") and ``ms_per_image`` / ``e2e_ms_per_image`` (per forward call / batch).
+    """
+    pd = _pd()
+    rows = list(rows)
+    df = frame(rows)
+    # the BenchRow properties are the one definition of each derived value
+    df["machine"] = [r.machine for r in rows]
+    df["label"] = [r.backend + (" +graph" if r.cuda_graph else "") for r in rows]
+    df["res"] = [r.res for r in rows]
+    df["ms_per_image"] = pd.array([r.ms_per_image for r in rows], dtype="Float64")
+    df["e2e_ms_per_image"] = pd.array([r.e2e_ms_per_image for r in rows], dtype="Float64")
+    return df.drop_duplicates(subset=_CELL_KEY, keep="last").reset_index(drop=True)
 
 
-def _resolutions(rows: Iterable[BenchRow]) -> list[tuple[int, int]]:
-    return sorted({(r.height, r.width) for r in rows}, key=lambda hw: (hw[0] * hw[1], hw[0]))
+def _rows_where(df: pd.DataFrame, keep: Sequence[bool]) -> pd.DataFrame:
+    """The rows of ``df`` where ``keep`` is true (also right for an empty frame, where a plain ``df[[]]``
+    would select columns)."""
+    return df.loc[_pd().Series(list(keep), index=df.index, dtype=bool)]
+
+
+def _resolutions(df: pd.DataFrame) -> list[tuple[int, int]]:
+    """The (H, W) sizes in the frame, smallest image first (then the shorter height)."""
+    hw = {(int(h), int(w)) for h, w in zip(df.height, df.width)}
+    return sorted(hw, key=lambda hw: (hw[0] * hw[1], hw[0]))
 
 
 def _ordered(values: Iterable[Any]) -> list[Any]:
@@ -238,9 +316,20 @@ def is_subject(model: str) -> bool:
     return model == "asapnet" or model.startswith("asapnet-")
 
 
-def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+def _grid(cells: pd.DataFrame, values: Sequence[Any], index: pd.Index, columns: list[str]) -> pd.DataFrame:
+    """``values`` (one per row of ``cells``) pivoted to one row per group and one column per resolution,
+    in the order of ``index`` and ``columns``; a cell no row fills is missing (NaN)."""
+    pd = _pd()
+    if cells.empty:
+        return pd.DataFrame(index=index, columns=columns, dtype=object)
+    laid = cells.assign(_v=pd.Series(list(values), index=cells.index, dtype=object))
+    return laid.pivot(index=_GROUP, columns="res", values="_v").reindex(index=index, columns=columns)
+
+
+def _md_table(table: pd.DataFrame) -> list[str]:
+    """A DataFrame as GitHub markdown table lines: its column names as the header, its cells as text."""
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(map(str, cells)) + " |" for cells in table.itertuples(index=False, name=None)]
     return lines
 
 
@@ -279,112 +368,104 @@ def _env_lines(envs: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+_ENV_COLUMNS = ["cpu_model", "gpu_name", "driver_version", "cuda_version", "torch_version", "onnxruntime_version",
+                "tensorrt_version", "git_sha"]
+
+
+def _envs(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The distinct environment-column records of a frame, first appearance first."""
+    return df[_ENV_COLUMNS].drop_duplicates().to_dict("records")
+
+
 def _envs_from_rows(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
-    envs: list[dict[str, Any]] = []
-    for r in rows:
-        e = {k: getattr(r, k) for k in ("cpu_model", "gpu_name", "driver_version", "cuda_version", "torch_version",
-                                        "onnxruntime_version", "tensorrt_version", "git_sha")}
-        if e not in envs:
-            envs.append(e)
-    return envs
+    return _envs(frame(rows))
 
 
 def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = None, title: str = "asapbench results") -> str:
     """The paper-style report: latency table, ASAP-Net speed-ups, end-to-end, cost, memory, notes."""
     from asapbench.counting import MAC_CONVENTION
 
-    rows = _latest(rows)
-    envs = list(envs) if envs else _envs_from_rows(rows)
-    res = _resolutions(rows)
-    res_cols = [f"{h}x{w}" for h, w in res]
-    machines = _ordered(r.machine for r in rows)
-    multi_machine = len(machines) > 1
-
-    def where(r: BenchRow) -> str:
-        return f"{r.device}: {r.machine}" if multi_machine else r.device
-
-    groups = _ordered((r.model, _backend_label(r), r.precision, where(r)) for r in rows)
-    cell: dict[tuple, BenchRow] = {}
-    for r in rows:
-        cell[(r.model, _backend_label(r), r.precision, where(r), r.height, r.width)] = r
+    pd = _pd()
+    df = _view(rows)
+    envs = list(envs) if envs else _envs(df)
+    res_cols = [f"{h}x{w}" for h, w in _resolutions(df)]
+    multi_machine = df.machine.nunique() > 1
+    df["where"] = [f"{d}: {m}" for d, m in zip(df.device, df.machine)] if multi_machine else list(df.device)
+    groups = pd.MultiIndex.from_frame(df[_GROUP].drop_duplicates())
+    cells = df.drop_duplicates(subset=[*_GROUP, "res"], keep="last")  # one row per table cell
 
     out = [f"# {title}", ""]
     out.append("Environment:")
     out += _env_lines(envs)
     out += ["", f"MAC counting: {MAC_CONVENTION}. GMACs are per image.", ""]
-    batches = sorted({r.batch for r in rows})
+    batches = sorted({int(b) for b in df.batch})
     out.append(
         "Times are medians in ms per image (ms per forward call / batch; batch "
         + ", ".join(map(str, batches))
-        + "), input already on the device (GPU-only time on CUDA). † marks a coefficient of variation above 5%. "
+        + f"), input already on the device (GPU-only time on CUDA). † marks a coefficient of variation above {COV_WARN:.0%}. "
         "A cell that produced no time shows its status (see Notes)."
     )
     out.append("")
 
-    def latency_table(value, label: str) -> list[str]:
-        body = []
-        for g in groups:
-            cells = []
-            for h, w in res:
-                r = cell.get((*g, h, w))
-                if r is None:
-                    cells.append("")
-                elif r.status != "ok":
-                    cells.append(f"*{r.status}*")
-                else:
-                    v = value(r)
-                    mark = "†" if (label == "latency" and r.cov is not None and r.cov > 0.05) else ""
-                    cells.append(_fmt_ms(v) + mark if v is not None else "")
-            body.append([g[0], g[1], g[2], g[3], *cells])
-        return _md_table(["model", "backend", "precision", "device", *res_cols], body)
+    def latency_table(column: str, mark_noisy: bool = False) -> list[str]:
+        texts = []
+        for status, v, cov in zip(cells.status, cells[column].tolist(), cells["cov"].tolist()):
+            if status != "ok":
+                texts.append(f"*{status}*")
+            elif _missing(v):
+                texts.append("")
+            else:
+                noisy = mark_noisy and not _missing(cov) and cov > COV_WARN
+                texts.append(_fmt_ms(v) + ("†" if noisy else ""))
+        table = _grid(cells, texts, groups, res_cols).fillna("").reset_index()
+        return _md_table(table.set_axis(["model", "backend", "precision", "device", *res_cols], axis=1))
 
     out += ["## Latency (ms per image, median)", ""]
-    out += latency_table(lambda r: r.ms_per_image, "latency")
+    out += latency_table("ms_per_image", mark_noisy=True)
     out += ["", "## ASAP-Net speed-up (baseline median / ASAP-Net median, same backend, precision and device)", ""]
+    usable = [v if status == "ok" and not _missing(v) and v else None
+              for status, v in zip(cells.status, cells.ms_per_image.tolist())]
+    ms = _grid(cells, usable, groups, res_cols)
     body = []
-    for backend, precision, dev in _ordered((g[1], g[2], g[3]) for g in groups):
-        subjects = [g[0] for g in groups if g[1:] == (backend, precision, dev) and is_subject(g[0])]
-        baselines = [g[0] for g in groups if g[1:] == (backend, precision, dev) and not is_subject(g[0])]
+    for variant in _ordered(g[1:] for g in groups):
+        subjects = [g[0] for g in groups if g[1:] == variant and is_subject(g[0])]
+        baselines = [g[0] for g in groups if g[1:] == variant and not is_subject(g[0])]
         for s in subjects:
             for b in baselines:
-                cells = []
-                for h, w in res:
-                    rs = cell.get((s, backend, precision, dev, h, w))
-                    rb = cell.get((b, backend, precision, dev, h, w))
-                    if rs and rb and rs.status == "ok" and rb.status == "ok" and rs.ms_per_image and rb.ms_per_image:
-                        cells.append(_fmt_ratio(rb.ms_per_image / rs.ms_per_image))
-                    else:
-                        cells.append("")
-                body.append([f"{s} vs {b}", backend, precision, dev, *cells])
+                pairs = zip(ms.loc[(b, *variant)].tolist(), ms.loc[(s, *variant)].tolist())
+                cells_sb = ["" if _missing(vb) or _missing(vs) else _fmt_ratio(vb / vs) for vb, vs in pairs]
+                body.append([f"{s} vs {b}", *variant, *cells_sb])
     if body:
-        out += _md_table(["comparison", "backend", "precision", "device", *res_cols], body)
+        out += _md_table(pd.DataFrame(body, columns=["comparison", "backend", "precision", "device", *res_cols]))
     else:
         out.append("(no ASAP-Net row and baseline row share a backend, precision and device)")
     out += ["", "## End-to-end latency (ms per image, median; host input to host output)", ""]
-    out += latency_table(lambda r: r.e2e_ms_per_image, "e2e")
+    out += latency_table("e2e_ms_per_image")
 
     out += ["", "## Cost (GMACs per image; parameters)", ""]
+    models = _ordered(df.model)
+    params = df[df.params.notna() & (df.params != 0)].groupby("model", sort=False).params.unique()
+    first_gmacs = df[df.gmacs.notna()].drop_duplicates(subset=["model", "res"], keep="first")
+    if first_gmacs.empty:
+        gmacs = pd.DataFrame(index=models, columns=res_cols, dtype=object)
+    else:
+        gmacs = first_gmacs.pivot(index="model", columns="res", values="gmacs").astype(object).reindex(index=models, columns=res_cols)
     body = []
-    for m in _ordered(r.model for r in rows):
-        mrows = [r for r in rows if r.model == m]
-        params = _ordered(r.params for r in mrows if r.params)
-        cells = []
-        for h, w in res:
-            v = next((r.gmacs for r in mrows if (r.height, r.width) == (h, w) and r.gmacs is not None), None)
-            cells.append("" if v is None else f"{v:.3g}" if v < 100 else f"{v:.1f}")
-        body.append([m, ", ".join(f"{p / 1e6:.2f}M" for p in params), *cells])
-    out += _md_table(["model", "params", *res_cols], body)
+    for m in models:
+        p = ", ".join(f"{int(v) / 1e6:.2f}M" for v in params.get(m, []))
+        cost = ["" if _missing(v) else f"{v:.3g}" if v < 100 else f"{v:.1f}" for v in gmacs.loc[m].tolist()]
+        body.append([m, p, *cost])
+    out += _md_table(pd.DataFrame(body, columns=["model", "params", *res_cols]))
 
     out += ["", "## Peak memory (MiB; see mem_kind in bench.csv and results/README.md)", ""]
-    out += latency_table(lambda r: r.peak_mem_mb, "mem")
+    out += latency_table("peak_mem_mb")
 
-    notes = [r for r in rows if r.status != "ok" or r.note]
+    notes = _rows_where(df, [status != "ok" or bool(note) for status, note in zip(df.status, df.note)])
     out += ["", "## Notes", ""]
-    if notes:
-        for r in notes:
-            out.append(f"- {r.model} {r.res} {_backend_label(r)} {r.precision} {r.device}: **{r.status}** {r.note}".rstrip())
-    else:
+    if notes.empty:
         out.append("- every cell ran; no warnings")
+    for r in notes.itertuples(index=False):
+        out.append(f"- {r.model} {r.res} {r.label} {r.precision} {r.device}: **{r.status}** {r.note}".rstrip())
     out.append("")
     return "\n".join(out)
 
@@ -423,29 +504,31 @@ def plot_latency(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    rows = [r for r in _latest(rows) if r.status == "ok" and r.ms_per_image]
-    machines = _ordered(r.machine for r in rows)
+    df = _view(rows)
+    df = _rows_where(df, [status == "ok" and not _missing(v) and bool(v) for status, v in zip(df.status, df.ms_per_image.tolist())])
+    machines = _ordered(df.machine)
     fig, ax = plt.subplots(figsize=(9.0, 5.0), dpi=120)
-    models = _ordered(r.model for r in rows)
+    models = _ordered(df.model)
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "P"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    lines = _ordered((r.model, _backend_label(r), r.precision, r.device, r.machine) for r in rows)
+    line_of = list(zip(df.model, df.label, df.precision, df.device, df.machine))
+    lines = _ordered(line_of)
     variants = _ordered(line[1:] for line in lines)
+    points = list(zip(df.height * df.width / 1e6, df.ms_per_image.tolist()))
     for key in lines:
-        pts = sorted(((r.megapixels, r.ms_per_image) for r in rows
-                      if (r.model, _backend_label(r), r.precision, r.device, r.machine) == key))
+        pts = sorted(pt for pt, line in zip(points, line_of) if line == key)
         mi, vi = models.index(key[0]), variants.index(key[1:])
         label = f"{key[0]} · {key[1]} {key[2]} ({key[3]}{': ' + key[4] if len(machines) > 1 else ''})"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=styles[vi % len(styles)],
                 marker=markers[vi % len(markers)], color=colors[mi % len(colors)], label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    if rows:
+    if not df.empty:
         from matplotlib.ticker import NullFormatter
 
         ticks: dict[float, list[str]] = {}
-        for h, w in _resolutions(rows):
+        for h, w in _resolutions(df):
             ticks.setdefault(round(h * w / 1e6, 6), []).append(f"{h}x{w}")
         ax.set_xticks(list(ticks), [f"{' / '.join(v)}\n{k:.3g} MP" for k, v in ticks.items()], fontsize=7)
         ax.xaxis.set_minor_formatter(NullFormatter())

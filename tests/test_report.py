@@ -9,14 +9,25 @@ import sys
 import pytest
 
 from asapbench.errors import UserError
-from asapbench.report import COLUMNS, BenchRow, markdown, merge_report, read_csv, render_all, write_csv
+from asapbench.report import (
+    COLUMNS,
+    BenchRow,
+    frame,
+    markdown,
+    merge_report,
+    read_csv,
+    read_frame,
+    render_all,
+    write_csv,
+)
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def _row(model, h, w, ms, backend="torch", status="ok", **kw):
-    base = dict(model=model, preset="p", backend=backend, precision="fp32", device="cpu", height=h, width=w,
-                params=1_000_000, macs=int(5e9), gmacs=5.0, status=status, cpu_model="Test CPU", torch_version="2.x")
+    base = {"model": model, "preset": "p", "backend": backend, "precision": "fp32", "device": "cpu", "height": h,
+            "width": w, "params": 1_000_000, "macs": int(5e9), "gmacs": 5.0, "status": status, "cpu_model": "Test CPU",
+            "torch_version": "2.x"}
     if status == "ok":
         base.update(ms_median=ms, ms_mean=ms * 1.01, ms_p90=ms * 1.1, ms_p99=ms * 1.2, ms_min=ms * 0.9, ms_max=ms * 1.3,
                     ms_std=ms * 0.01, cov=0.01, iters=5, warmup_iters=2, e2e_ms_median=ms + 1, peak_mem_mb=100.0,
@@ -49,6 +60,86 @@ def test_csv_round_trip(tmp_path, rows):
                 "ms_median", "ms_mean", "ms_p90", "ms_p99", "ms_min", "ms_std", "cov", "iters", "img_per_s",
                 "e2e_ms_median", "peak_mem_mb", "status", "note"):
         assert col in header
+
+
+def test_csv_round_trip_keeps_types_and_empty_cells(tmp_path, rows):
+    odd = _row("asapnet", 64, 64, 0.1234567890123, batch=3, cuda_graph=True, device="cuda", gpu_name="G",
+               macs=12_345_678_901_234, note='says "hi", with a comma', ms_min=float("nan"))
+    p = write_csv([*rows, odd], tmp_path / "bench.csv")
+    back = read_csv(p)
+    assert back[:-1] == rows
+    last = back[-1]
+    assert last.ms_min is None  # NaN is written as an empty cell and read back as missing
+    assert last == BenchRow(**{**odd.as_dict(), "ms_min": None})
+    oom = back[5]
+    assert oom.status == "oom" and oom.ms_median is None and oom.iters is None and oom.note == "out of memory"
+    for r in back:
+        for name, kind in (("height", int), ("batch", int), ("params", int), ("macs", int), ("gmacs", float),
+                           ("cuda_graph", bool), ("model", str), ("provider", str), ("timestamp", str)):
+            assert type(getattr(r, name)) is kind, (name, getattr(r, name))
+        assert r.ms_median is None or type(r.ms_median) is float
+        assert r.iters is None or type(r.iters) is int
+    df = read_frame(p)
+    assert list(df.columns) == list(COLUMNS) and len(df) == len(rows) + 1
+    assert str(df["height"].dtype) == "Int64" and str(df["iters"].dtype) == "Int64"
+    assert str(df["ms_median"].dtype) == "Float64" and str(df["cuda_graph"].dtype) == "boolean"
+    assert df["ms_median"].isna().tolist() == [r.status != "ok" for r in rows] + [False]
+    assert df["ms_median"].iloc[-1] == 0.1234567890123 and df["macs"].iloc[-1] == 12_345_678_901_234
+    assert df["provider"].tolist() == [""] * len(df)  # empty text stays an empty string, not NA
+    assert frame([]).columns.tolist() == list(COLUMNS)
+
+
+def test_read_csv_tolerates_short_and_long_lines(tmp_path, rows):
+    text = (write_csv(rows[:2], tmp_path / "bench.csv")).read_text().splitlines()
+    header, first, second = text
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join([header, first, ",".join(second.split(",")[:20])]) + "\n")
+    back = read_csv(short)
+    assert back[0] == rows[0] and back[1].ms_median == 60.0 and back[1].status == "ok" and back[1].cpu_model == ""
+    long = tmp_path / "long.csv"
+    long.write_text("\n".join([header, first + ",extra", second]) + "\n")
+    assert read_csv(long) == rows[:2]  # the extra cell is dropped, the columns do not shift
+
+
+def test_markdown_pivot_layout(rows):
+    # resolutions are ordered by pixel count, lines by first appearance; a missing cell is empty
+    r = [_row("spade", 512, 512, 200.0), _row("asapnet", 256, 256, 3.0), _row("spade", 256, 256, 30.0),
+         _row("asapnet", 128, 512, 2.0, backend="onnxruntime")]
+    md = markdown(r)
+    lat = md.split("## Latency")[1].split("##")[0]
+    table = [line for line in lat.splitlines() if line.startswith("|")]
+    assert table == [
+        "| model | backend | precision | device | 128x512 | 256x256 | 512x512 |",
+        "|---|---|---|---|---|---|---|",
+        "| spade | torch | fp32 | cpu |  | 30.0 | 200 |",
+        "| asapnet | torch | fp32 | cpu |  | 3.00 |  |",
+        "| asapnet | onnxruntime | fp32 | cpu | 2.00 |  |  |",
+    ]
+    sp = md.split("## ASAP-Net speed-up")[1].split("##")[0]
+    assert "| asapnet vs spade | torch | fp32 | cpu |  | 10.0x |  |" in sp
+    cost = md.split("## Cost")[1].split("##")[0]
+    assert "| spade | 1.00M |  | 5 | 5 |" in cost
+
+
+def test_markdown_same_cell_twice_last_wins_and_empty_report():
+    r = [_row("asapnet", 64, 64, 4.0), _row("asapnet", 64, 64, 0, status="oom", note="later"), _row("spade", 64, 64, 8.0)]
+    md = markdown(r)
+    assert "| asapnet | torch | fp32 | cpu | *oom* |" in md
+    assert "| asapnet vs spade | torch | fp32 | cpu |  |" in md
+    empty = markdown([])
+    assert "| model | backend | precision | device |" in empty and "- every cell ran; no warnings" in empty
+
+
+def test_noise_mark_uses_the_timing_threshold(monkeypatch):
+    from asapbench import report
+    from asapbench.bench.timing import COV_WARN
+
+    assert report.COV_WARN is COV_WARN
+    r = [_row("asapnet", 64, 64, 4.0, cov=0.03)]
+    assert "| asapnet | torch | fp32 | cpu | 4.00 |" in markdown(r)
+    monkeypatch.setattr(report, "COV_WARN", 0.02)
+    md = markdown(r)
+    assert "| asapnet | torch | fp32 | cpu | 4.00† |" in md and "above 2%" in md
 
 
 def test_markdown_tables_and_speedups(rows):
@@ -117,10 +208,10 @@ def test_report_cli_merges(tmp_path, rows):
     render_all(rows, tmp_path / "run")
     out = tmp_path / "rep"
     r = subprocess.run([sys.executable, "-m", "asapbench", "report", str(tmp_path / "run" / "bench.csv"), "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert all((out / f).is_file() for f in ("bench.csv", "bench.md", "bench.json", "latency_vs_megapixels.png"))
     bad = subprocess.run([sys.executable, "-m", "asapbench", "report", str(tmp_path / "nope.csv")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+                         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
