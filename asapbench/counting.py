@@ -26,18 +26,19 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def _meta_twin(model: torch.nn.Module) -> torch.nn.Module:
-    """The same generator built on the meta device (no weights allocated), ready for inference."""
-    from asapbench.registry import create_generator
+    """The same generator on the meta device (no weights allocated), ready for inference: the model
+    itself when it was built there, else a rebuild from the registry (or a structural copy)."""
+    if all(t.is_meta for t in model.parameters()):
+        twin = model
+    elif getattr(model, "model_name", ""):
+        from asapbench.registry import create_generator
 
-    name = getattr(model, "model_name", None)
-    if name is None:  # not built through the registry: copy the structure instead
+        with torch.device("meta"):
+            twin = create_generator(model.model_name, model.preset, **model.config)
+    else:  # not built through the registry: copy the structure instead
         import copy
 
         twin = copy.deepcopy(model).to("meta")
-    else:
-        with torch.device("meta"):
-            twin = create_generator(name, model.preset, **model.config)
-        twin = twin.to("meta")
     twin.eval()
     prep = getattr(twin, "prepare_for_inference", None)
     if prep is not None:

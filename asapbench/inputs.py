@@ -1,12 +1,14 @@
 """Generator inputs: realistic label maps, instance edges and the official input encoding.
 
-The encoding follows the official code (shared/docs/official-behaviour.md, section 0): one-hot of
+The encoding follows the official code (docs/generators.md, "Input encoding"): one-hot of
 the label map (channel c is 1.0 where label == c), an optional don't-care channel, then the
 instance-edge channel. Edges: a pixel is 1.0 where its instance id differs from any existing
 4-neighbour (both pixels of an unequal pair are marked; no diagonals, no wrap-around).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -106,3 +108,87 @@ def example_input(model, batch: int, height: int, width: int, seed: int = 0) -> 
 def resize_labels(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Nearest-neighbour resize of an integer map ``[N, 1, h, w]`` (legacy 'nearest', as the official loaders)."""
     return F.interpolate(labels.float(), size=(height, width), mode="nearest").to(labels.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# label maps from files
+# ----------------------------------------------------------------------------------------------
+#: file-name suffixes of a Cityscapes label / instance pair; any other PNG in a folder is a label map alone
+_LABEL_SUFFIX, _INST_SUFFIX = "_labelIds.png", "_instanceIds.png"
+
+
+def label_map_files(folder: str | Path) -> list[tuple[Path, Path | None]]:
+    """(label map, instance map or None) pairs in ``folder``, sorted by name.
+
+    Cityscapes pairs (``*_labelIds.png`` with ``*_instanceIds.png`` beside it or in a sibling
+    ``*_inst`` folder) are matched; any other single-channel PNG counts as a label map without
+    instances. A folder with none raises UserError naming what was looked for.
+    """
+    from asapbench.errors import UserError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"label-map folder {str(root)!r} does not exist or is not a folder; pass a folder of label PNGs")
+    pairs: list[tuple[Path, Path | None]] = []
+    for p in sorted(root.glob("*.png")):
+        if p.name.endswith(_INST_SUFFIX):
+            continue
+        inst = None
+        if p.name.endswith(_LABEL_SUFFIX):
+            name = p.name[: -len(_LABEL_SUFFIX)] + _INST_SUFFIX
+            for cand in (root / name, root.parent / root.name.replace("label", "inst") / name):
+                if cand.is_file():
+                    inst = cand
+                    break
+        pairs.append((p, inst))
+    if not pairs:
+        raise UserError(f"no label maps (*.png) in {str(root)!r}; pass a folder of label PNGs, e.g. Cityscapes *_labelIds.png")
+    return pairs
+
+
+def read_label_map(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An integer map (labels or instance ids) from a PNG, nearest-resized to H x W, int64 ``[1, 1, H, W]``."""
+    import numpy as np
+    from PIL import Image
+
+    from asapbench.errors import UserError
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read label map {str(path)!r} ({exc}); pass a PNG of integer label ids") from None
+    arr = np.array(img.resize((width, height), Image.NEAREST))
+    if arr.ndim != 2:
+        raise UserError(f"label map {str(path)!r} has {arr.shape[-1]} channels; a label map has one (integer ids)")
+    return torch.from_numpy(arr.astype(np.int64)).view(1, 1, height, width)
+
+
+def input_from_label_maps(model, folder: str | Path, batch: int, height: int, width: int,
+                          index: int = 0) -> tuple[str, torch.Tensor]:
+    """(description, float32 input ``[batch, input_nc, H, W]``) from ``batch`` label maps of ``folder``.
+
+    Label ids outside the model's classes raise UserError (a folder of another dataset's maps).
+    """
+    from asapbench.errors import UserError
+
+    files = label_map_files(folder)
+    picked = [files[(index + b) % len(files)] for b in range(batch)]
+    labs = torch.cat([read_label_map(lab, height, width) for lab, _ in picked])
+    label_nc = model.label_nc or int(labs.max()) + 1
+    n_cls = label_nc + (1 if model.contain_dontcare else 0)
+    if int(labs.max()) >= n_cls or int(labs.min()) < 0:
+        raise UserError(f"label maps in {str(folder)!r} hold ids up to {int(labs.max())}, but {model.model_name or 'the model'} "
+                        f"takes {n_cls} classes; pass label maps of the dataset the model was configured for")
+    if all(lab.name.endswith(_LABEL_SUFFIX) for lab, _ in picked):  # Cityscapes naming
+        names = ", ".join(lab.name[: -len(_LABEL_SUFFIX)].replace("_gtFine", "") for lab, _ in picked)
+        desc = f"Cityscapes {names} (label ids, nearest-resized to {height}x{width})"
+    else:
+        desc = f"label maps {', '.join(lab.name for lab, _ in picked)} (nearest-resized to {height}x{width})"
+    if model.input_kind == "image":
+        return desc, labels_to_image(labs, label_nc)
+    insts = None
+    if model.instance_edge:
+        insts = torch.cat([read_label_map(inst, height, width) if inst is not None else read_label_map(lab, height, width)
+                           for lab, inst in picked])
+    return desc, encode_labels(labs, label_nc, insts, contain_dontcare=model.contain_dontcare)

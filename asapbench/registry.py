@@ -22,7 +22,7 @@ class Preset:
     name: str
     kwargs: dict[str, Any]
     resolution: tuple[int, int]  # (H, W) the preset was trained / is timed at by the paper
-    manifest: str | None = None  # file name in shared/reference/official_state_dicts
+    manifest: str | None = None  # file name of the official state-dict manifest in asapbench/fixtures (docs/generators.md, "Sources")
     description: str = ""
 
 
@@ -126,8 +126,9 @@ def resolve_kwargs(name: str, preset: str | None = None, **overrides: Any) -> di
 def create_generator(name: str, preset: str | None = None, **overrides: Any):
     """Build a generator ``torch.nn.Module`` by registry name and preset.
 
-    The returned module carries ``model_name``, ``preset`` and ``config`` (the constructor
-    keyword arguments) so that checkpoints and exports can record exactly what was built.
+    The returned module carries ``model_name``, ``preset``, ``config`` (the constructor keyword
+    arguments) and ``overrides`` (those that differ from the preset), declared on
+    :class:`asapbench.models.base.Generator`, so that checkpoints and exports record what was built.
     """
     spec = get_spec(name)
     p = get_preset(name, preset)
@@ -139,6 +140,7 @@ def create_generator(name: str, preset: str | None = None, **overrides: Any):
     model.model_name = name
     model.preset = p.name
     model.config = dict(kwargs)
+    model.overrides = {k: v for k, v in kwargs.items() if k not in p.kwargs or p.kwargs[k] != v}
     return model
 
 
@@ -155,3 +157,27 @@ def configure_for_resolution(name: str, height: int, width: int) -> tuple[str, d
     if spec.configure is not None:
         return spec.configure(height, width)
     return spec.default_preset, {}
+
+
+def build_for_resolution(name: str, height: int, width: int, preset: str | None = None, *,
+                         device: str | None = None, seed: int | None = None, **overrides: Any):
+    """This model, configured for H x W: the one way info, export, run and train build a generator.
+
+    Without ``preset`` the model gets the paper's configuration for the size
+    (:func:`configure_for_resolution`); with one, that preset (and ``overrides``). ``device="meta"``
+    builds without weights (planning, MAC counting: milliseconds even at 2048x2048); ``seed`` seeds
+    the random initialisation. The size is checked: a size the architecture cannot take raises
+    UserError naming valid sizes.
+    """
+    import contextlib
+
+    import torch
+
+    if preset is None and not overrides:
+        preset, overrides = configure_for_resolution(name, height, width)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device) if device else contextlib.nullcontext():
+        model = create_generator(name, preset, **overrides)
+    model.check_input_size(height, width)
+    return model

@@ -453,7 +453,7 @@ def _build_generator(cfg: TrainConfig, ds_spec, say) -> tuple[Any, str, dict[str
     """
     import inspect
 
-    from asapbench.registry import create_generator, get_spec, resolve_kwargs
+    from asapbench.registry import build_for_resolution, get_spec, resolve_kwargs
 
     spec = get_spec(cfg.model)
     preset, overrides, hw = _choose_preset(cfg)
@@ -469,8 +469,7 @@ def _build_generator(cfg: TrainConfig, ds_spec, say) -> tuple[Any, str, dict[str
     if ds_spec.has_instances is False and kwargs.get("instance_edge") and "instance_edge" in params:
         say(f"the {cfg.dataset} data has no instance maps: training {cfg.model} without the instance-edge channel")
         overrides["instance_edge"] = False
-    model = create_generator(cfg.model, preset, **overrides)
-    model.check_input_size(*hw)
+    model = build_for_resolution(cfg.model, int(hw[0]), int(hw[1]), preset, **overrides)
     label_nc = model.label_nc if model.label_nc is not None else (want_nc or cfg.label_nc or 8)
     if model.input_kind != "image" and model.instance_edge and ds_spec.has_instances is False:
         raise UserError(f"{cfg.model}:{preset} needs instance maps (an instance-edge channel) but the "

@@ -1,6 +1,6 @@
 """pix2pix U-Net generator (Isola et al., CVPR 2017), ``netG unet_256``.
 
-Written from the official forward specification (shared/docs/official-behaviour.md, section 4).
+Written from the official forward specification (docs/generators.md, "pix2pix U-Net-256").
 State-dict keys and shapes equal junyanz/pytorch-CycleGAN-and-pix2pix's ``UnetGenerator`` (nested
 ``model.model.1.model.3...``), so official checkpoints load by name. Details:
 

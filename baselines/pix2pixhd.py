@@ -1,6 +1,6 @@
 """pix2pixHD generators (Wang et al., CVPR 2018): ``GlobalGenerator`` and ``LocalEnhancer``.
 
-Written from the official forward specification (shared/docs/official-behaviour.md, section 3).
+Written from the official forward specification (docs/generators.md, "pix2pixHD").
 State-dict keys and shapes equal NVIDIA/pix2pixHD (``model.<i>``, ``model1_1.<i>``, ``model1_2.<i>``),
 so official checkpoints load by name. Details that decide bit-exactness:
 

@@ -1,6 +1,6 @@
 """SPADE generator (Park et al., CVPR 2019), ``use_vae`` off.
 
-Written from the official forward specification (shared/docs/official-behaviour.md, section 2).
+Written from the official forward specification (docs/generators.md, "SPADE").
 State-dict keys and shapes equal NVlabs/SPADE (``fc``, ``head_0``, ``G_middle_0/1``, ``up_0..3`` (``up_4``
 for "most"), ``conv_img``), so official checkpoints load by name. Details that decide bit-exactness:
 

@@ -10,7 +10,7 @@ Our own pass over the graph (no extra dependency): every node runs in fp16 excep
 
 Cast nodes are inserted wherever a value crosses between an fp32 and an fp16 node; graph inputs and
 outputs stay fp32, so the converted model is a drop-in replacement (and builds as a strongly typed
-TensorRT network whose precision comes from the graph, see docs/api-notes.md).
+TensorRT network whose precision comes from the graph, see docs/export.md, "fp16 conversion" and "TensorRT engines").
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ class ExportResult:
 # --------------------------------------------------------------------------------------------
 def model_label(model) -> str:
     """``<model>-<preset>`` plus ``+<key><value>`` for every option that differs from the preset."""
-    name = getattr(model, "model_name", type(model).__name__)
-    preset = getattr(model, "preset", None) or "custom"
+    name = model.model_name or type(model).__name__
+    preset = model.preset or "custom"
     base = {}
     try:
         from asapbench.registry import get_preset
@@ -79,7 +79,7 @@ def model_label(model) -> str:
         base = dict(get_preset(name, preset).kwargs)
     except UserError:
         pass
-    config = getattr(model, "config", {}) or {}
+    config = model.config or {}
     diffs = [(k, v) for k, v in sorted(config.items()) if k in base and base[k] != v or k not in base]
     if not diffs:
         return f"{name}-{preset}"
@@ -114,21 +114,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 def versions() -> dict[str, str | None]:
     """Versions of the packages an export depends on (None where not installed)."""
-    from importlib import metadata
+    from asapbench.versions import export_versions
 
-    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "asapbench"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    if out["asapbench"] is None:
-        import asapbench
-
-        out["asapbench"] = asapbench.__version__
-    onnx = require("onnx", why="to export ONNX")
-    out["onnx"] = onnx.__version__
-    return out
+    return export_versions()
 
 
 def load_sidecar(path: str | Path) -> dict | None:
@@ -176,9 +164,9 @@ def export_key(
 
     return {
         "format": EXPORT_FORMAT,
-        "model": getattr(model, "model_name", type(model).__name__),
-        "preset": getattr(model, "preset", None),
-        "config": json.loads(json.dumps(getattr(model, "config", {}) or {}, sort_keys=True, default=str)),
+        "model": model.model_name or type(model).__name__,
+        "preset": model.preset,
+        "config": json.loads(json.dumps(dict(model.config), sort_keys=True, default=str)),
         "resolution": [height, width],
         "batch": batch,
         "precision": precision,
@@ -254,7 +242,7 @@ def torch_to_onnx(model: torch.nn.Module, x: torch.Tensor, opset: int = DEFAULT_
     """Export ``model`` traced at ``x`` with ``torch.onnx.export(dynamo=True)``; returns the ModelProto."""
     require("onnxscript", why="by torch.onnx.export(dynamo=True)")
     ds = _dynamic_spec(model, x) if dynamic else None
-    name = getattr(model, "model_name", type(model).__name__)
+    name = model.model_name or type(model).__name__
     try:
         with _quiet():
             prog = torch.onnx.export(
@@ -340,6 +328,7 @@ def export_onnx(
     reuse: bool = True,
     progress: Progress | None = None,
     check_sizes: Sequence[tuple[int, int]] = (),
+    label_dir: str | Path | None = None,
 ) -> ExportResult:
     """Export a built generator to ONNX at H x W; parity-check it; write the file and its sidecar.
 
@@ -359,9 +348,92 @@ def export_onnx(
         progress: called with a short description at each stage.
         check_sizes: further (H, W) the parity gate runs a dynamic export at (besides H x W and a
             neighbouring size with batch 2).
+        label_dir: a folder of label-map PNGs whose first map(s) the parity gate uses besides the
+            synthetic label maps (:func:`asapbench.inputs.input_from_label_maps`).
     """
-    from exporters import validate
+    opset = _check_arguments(precision, batch, opset)
+    step = progress or (lambda s: None)
+    model.prepare_for_inference()
+    model.check_input_size(int(height), int(width))
+    out = ensure_writable_dir(out_dir, "export folder")
+    stem = onnx_stem(model, height, width, precision, dynamic, batch)
+    job = _Job(model, height, width, precision, dynamic, batch, seed, tuple(check_sizes), label_dir,
+               out / f"{stem}.onnx", out / f"{stem}.json", step)
+    step("hashing weights")
+    job.weights = weights_sha256(model)
+    job.key = export_key(model, height, width, precision, dynamic, batch, opset, seed, job.weights)
+    if reuse:
+        existing = _reuse(job, check)
+        if existing is not None:
+            return existing
+    t0 = time.perf_counter()
+    proto, timings, fp16_report = _trace_and_convert(job, opset)
+    return _check_and_publish(job, proto, opset, timings, fp16_report, checkpoint, check, t0)
 
+
+@dataclass
+class _Job:
+    """One export: the model, its size and options, where it goes, and its key once hashed."""
+
+    model: torch.nn.Module
+    height: int
+    width: int
+    precision: str
+    dynamic: bool
+    batch: int
+    seed: int
+    check_sizes: tuple
+    label_dir: str | Path | None
+    onnx_path: Path
+    sidecar_path: Path
+    step: Progress
+    weights: str = ""
+    key: dict | None = None
+    inputs: list | None = None  # parity inputs, once made
+
+    @property
+    def stem(self) -> str:
+        return self.onnx_path.stem
+
+    @property
+    def failed_path(self) -> Path:
+        return self.onnx_path.with_name(f"{self.stem}.parity-failed.json")
+
+    def parity_inputs(self) -> list[tuple[str, torch.Tensor]]:
+        """The gate's inputs: realistic label maps at H x W (two below LARGE_INPUT_PIXELS), and for a
+        dynamic export a neighbouring size with another batch plus every ``check_sizes`` entry."""
+        from exporters import validate
+
+        if self.inputs is not None:
+            return self.inputs
+        m, h, w = self.model, self.height, self.width
+        count = 2 if self.batch * h * w <= validate.LARGE_INPUT_PIXELS else 1
+        inputs = validate.parity_inputs(m, h, w, batch=self.batch, seed=self.seed, count=count, label_dir=self.label_dir)
+        if self.dynamic:  # other sizes and batches exercise the symbolic dimensions
+            h2, w2 = _other_size(m, h, w)
+            b2 = 2 if self.batch == 1 else 1
+            inputs.append(validate.parity_inputs(m, h2, w2, batch=b2, seed=self.seed + 1, count=1)[0])
+            for h3, w3 in dict.fromkeys(tuple(s) for s in self.check_sizes):
+                if (h3, w3) != (h, w):
+                    m.check_input_size(int(h3), int(w3))
+                    inputs.append(validate.parity_inputs(m, h3, w3, batch=1, seed=self.seed + 2, count=1)[0])
+        self.inputs = inputs
+        return inputs
+
+    def gate(self, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+        """Run the parity gate on ``path``; a failure writes ``record`` to the failure report and raises."""
+        from exporters import validate
+
+        parity = validate.check_parity(path, self.model, self.parity_inputs(), self.precision, progress=self.step)
+        record["parity"] = parity
+        if not parity["passed"]:
+            atomic_write_json(self.failed_path, record)
+            validate.raise_if_failed(parity, f"{self.stem}.onnx")
+        return parity
+
+
+def _check_arguments(precision: str, batch: int, opset: int | None) -> int:
+    """Validate the options; returns the opset to use."""
     require("onnx", why="to export ONNX")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -370,131 +442,114 @@ def export_onnx(
     opset = int(opset or DEFAULT_OPSET)
     if opset < 17:
         raise UserError(f"opset {opset} is too old; use 17 or newer (default {DEFAULT_OPSET})")
-    step = progress or (lambda s: None)
-    model.prepare_for_inference()
-    model.check_input_size(int(height), int(width))
-    out = ensure_writable_dir(out_dir, "export folder")
-    stem = onnx_stem(model, height, width, precision, dynamic, batch)
-    onnx_path, sidecar_path = out / f"{stem}.onnx", out / f"{stem}.json"
-    what = f"{stem}.onnx"
+    return opset
 
-    step("hashing weights")
-    weights = weights_sha256(model)
-    key = export_key(model, height, width, precision, dynamic, batch, opset, seed, weights)
 
-    def parity_inputs() -> list[tuple[str, torch.Tensor]]:
-        count = 2 if batch * height * width <= validate.LARGE_INPUT_PIXELS else 1
-        inputs = validate.parity_inputs(model, height, width, batch=batch, seed=seed, count=count)
-        if dynamic:  # other sizes and batches exercise the symbolic dimensions
-            h2, w2 = _other_size(model, height, width)
-            b2 = 2 if batch == 1 else 1
-            inputs.append(validate.parity_inputs(model, h2, w2, batch=b2, seed=seed + 1, count=1)[0])
-            for h3, w3 in dict.fromkeys(tuple(s) for s in check_sizes):
-                if (h3, w3) != (height, width):
-                    model.check_input_size(int(h3), int(w3))
-                    inputs.append(validate.parity_inputs(model, h3, w3, batch=1, seed=seed + 2, count=1)[0])
-        return inputs
+def _reuse(job: _Job, check: bool) -> ExportResult | None:
+    """The existing export when its sidecar key and file hash match (gated first if it never was)."""
+    if not job.onnx_path.is_file():
+        return None
+    old = load_sidecar(job.sidecar_path)
+    if not (old and old.get("key") == job.key and old.get("onnx_sha256") == sha256_file(job.onnx_path)):
+        return None
+    par = old.get("parity") or {}
+    checked = {tuple(x["shape"][2:]) for x in par.get("samples", [])}
+    unchecked = job.dynamic and any(tuple(hw) not in checked for hw in job.check_sizes)
+    if check and (not par.get("passed") or unchecked):
+        job.step("parity check of the existing file")
+        job.gate(job.onnx_path, old)
+        atomic_write_json(job.sidecar_path, old)
+    return ExportResult(job.onnx_path, job.sidecar_path, old, reused=True)
 
-    # ---- reuse ----------------------------------------------------------------------------
-    if reuse and onnx_path.is_file():
-        old = load_sidecar(sidecar_path)
-        if old and old.get("key") == key and old.get("onnx_sha256") == sha256_file(onnx_path):
-            par = old.get("parity") or {}
-            checked = {tuple(x["shape"][2:]) for x in par.get("samples", [])}
-            unchecked = dynamic and any(tuple(hw) not in checked for hw in check_sizes)
-            if check and (not par.get("passed") or unchecked):
-                step("parity check of the existing file")
-                parity = validate.check_parity(onnx_path, model, parity_inputs(), precision, progress=step)
-                old["parity"] = parity
-                if not parity["passed"]:
-                    atomic_write_json(out / f"{stem}.parity-failed.json", old)
-                    validate.raise_if_failed(parity, what)
-                atomic_write_json(sidecar_path, old)
-            return ExportResult(onnx_path, sidecar_path, old, reused=True)
 
-    # ---- export ---------------------------------------------------------------------------
+def _trace_and_convert(job: _Job, opset: int) -> tuple[Any, dict[str, float], dict | None]:
+    """torch -> ONNX (and fp32 -> fp16 for fp16); returns (proto, seconds per stage, fp16 report)."""
     t0 = time.perf_counter()
-    step("torch.onnx.export (dynamo)")
-    if dynamic:
-        x = _dynamic_trace_input(model, height, width, seed)
+    job.step("torch.onnx.export (dynamo)")
+    if job.dynamic:
+        x = _dynamic_trace_input(job.model, job.height, job.width, job.seed)
     else:
         from asapbench.inputs import example_input
 
-        x = example_input(model, batch, height, width, seed=seed)
-    proto = torch_to_onnx(model, x, opset=opset, dynamic=dynamic)
+        x = example_input(job.model, job.batch, job.height, job.width, seed=job.seed)
+    proto = torch_to_onnx(job.model, x, opset=opset, dynamic=job.dynamic)
     export_s = time.perf_counter() - t0
     fp16_report = None
-    inputs = None
-    if precision == "fp16":
+    if job.precision == "fp16":
         from exporters.fp16 import activation_ranges, convert_to_fp16
 
-        step("fp16: activation ranges")
-        inputs = parity_inputs()
+        job.step("fp16: activation ranges")
+        inputs = job.parity_inputs()
         ranges = activation_ranges(proto, [{INPUT_NAME: t.numpy()} for _, t in inputs])
-        step("fp16: converting the graph")
+        job.step("fp16: converting the graph")
         proto, fp16_report = convert_to_fp16(proto, ranges)
         fp16_report["calibration_inputs"] = [d for d, _ in inputs]
-    convert_s = time.perf_counter() - t0 - export_s
+    return proto, {"export": export_s, "convert": time.perf_counter() - t0 - export_s}, fp16_report
+
+
+def _sidecar(job: _Job, opset: int, io_sig: dict, digest: str, size: int, timings: dict[str, float],
+             fp16_report: dict | None, checkpoint: str | Path | None) -> dict[str, Any]:
+    key = job.key or {}
+    return {
+        "file": job.onnx_path.name,
+        "model": key["model"],
+        "preset": key["preset"],
+        "config": key["config"],
+        "resolution": [job.height, job.width],
+        "batch": job.batch,
+        "precision": job.precision,
+        "io_dtype": "float32",
+        "dynamic": job.dynamic,
+        "dynamic_ranges": key["dynamic_ranges"],
+        "opset": opset,
+        **io_sig,
+        "onnx_sha256": digest,
+        "onnx_bytes": size,
+        **_checkpoint_info(checkpoint, job.seed),
+        "weights_sha256": job.weights,
+        "weights_note": job.model.weights_note,
+        "seed": job.seed,
+        "versions": versions(),
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "export_seconds": round(timings["export"], 3),
+        "fp16_convert_seconds": round(timings["convert"], 3) if job.precision == "fp16" else None,
+        "fp16": fp16_report,
+        "parity": None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "key": key,
+    }
+
+
+def _check_and_publish(job: _Job, proto, opset: int, timings: dict[str, float], fp16_report: dict | None,
+                       checkpoint: str | Path | None, check: bool, t0: float) -> ExportResult:
+    """Save to a temporary name, run onnx.checker and the parity gate, then rename and write the sidecar."""
     import onnx
 
-    md = {"asapbench.model": key["model"], "asapbench.preset": str(key["preset"]), "asapbench.precision": precision,
-          "asapbench.resolution": f"{height}x{width}", "asapbench.weights_sha256": weights}
+    key = job.key or {}
+    md = {"asapbench.model": key["model"], "asapbench.preset": str(key["preset"]), "asapbench.precision": job.precision,
+          "asapbench.resolution": f"{job.height}x{job.width}", "asapbench.weights_sha256": job.weights}
     for k, v in md.items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    proto.doc_string = f"asapbench export of {stem}"
+    proto.doc_string = f"asapbench export of {job.stem}"
     io_sig = _io_signature(proto)
-    tmp = _save_tmp(proto, out, f"{stem}.onnx")
+    tmp = _save_tmp(proto, job.onnx_path.parent, job.onnx_path.name)
     del proto
     try:
-        step("onnx.checker")
+        job.step("onnx.checker")
         onnx.checker.check_model(str(tmp), full_check=True)
-        digest = sha256_file(tmp)
-        size = tmp.stat().st_size
-        sidecar: dict[str, Any] = {
-            "file": onnx_path.name,
-            "model": key["model"],
-            "preset": key["preset"],
-            "config": key["config"],
-            "resolution": [height, width],
-            "batch": batch,
-            "precision": precision,
-            "io_dtype": "float32",
-            "dynamic": dynamic,
-            "dynamic_ranges": key["dynamic_ranges"],
-            "opset": opset,
-            **io_sig,
-            "onnx_sha256": digest,
-            "onnx_bytes": size,
-            **_checkpoint_info(checkpoint, seed),
-            "weights_sha256": weights,
-            "weights_note": getattr(model, "weights_note", None),
-            "seed": seed,
-            "versions": versions(),
-            "exporter": "torch.onnx.export(dynamo=True)",
-            "export_seconds": round(export_s, 3),
-            "fp16_convert_seconds": round(convert_s, 3) if precision == "fp16" else None,
-            "fp16": fp16_report,
-            "parity": None,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "key": key,
-        }
+        sidecar = _sidecar(job, opset, io_sig, sha256_file(tmp), tmp.stat().st_size, timings, fp16_report, checkpoint)
         if check:
-            step("parity check in onnxruntime")
-            parity = validate.check_parity(tmp, model, inputs or parity_inputs(), precision, progress=step)
-            sidecar["parity"] = parity
-            if not parity["passed"]:
-                atomic_write_json(out / f"{stem}.parity-failed.json", sidecar)
-                validate.raise_if_failed(parity, what)
+            job.step("parity check in onnxruntime")
+            job.gate(tmp, sidecar)
         sidecar["total_seconds"] = round(time.perf_counter() - t0, 3)
-        os.replace(tmp, onnx_path)
+        os.replace(tmp, job.onnx_path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    failed = out / f"{stem}.parity-failed.json"
-    if failed.exists():
-        failed.unlink()
-    atomic_write_json(sidecar_path, sidecar)
-    return ExportResult(onnx_path, sidecar_path, sidecar, reused=False)
+    if job.failed_path.exists():
+        job.failed_path.unlink()
+    atomic_write_json(job.sidecar_path, sidecar)
+    return ExportResult(job.onnx_path, job.sidecar_path, sidecar, reused=False)
 
 
 def _other_size(model, height: int, width: int) -> tuple[int, int]:

@@ -40,14 +40,9 @@ def available_providers() -> list[str]:
 def install_conflict() -> str | None:
     """A message when both ``onnxruntime`` and ``onnxruntime-gpu`` are installed (they share one module,
     and whichever was installed last owns its files), else None."""
-    from importlib import metadata
+    from asapbench.versions import installed_distributions
 
-    names = set()
-    for dist in metadata.distributions():
-        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
-        if name in ("onnxruntime", "onnxruntime-gpu"):
-            names.add(name)
-    if len(names) < 2:
+    if len(installed_distributions(r"onnxruntime(-gpu)?")) < 2:
         return None
     return ("both onnxruntime and onnxruntime-gpu are installed and share the module 'onnxruntime'; fix with: "
             "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")

@@ -2,10 +2,10 @@
 
 What is compared: the generator's output ``image`` ([N, 3, H, W], in [-1, 1]) from onnxruntime
 (CPU execution provider here) against the PyTorch fp32 forward of the same module on the CPU, on
-realistic label maps: a real Cityscapes label/instance pair resized (nearest) to H x W when
-``shared/data/cityscapes_samples`` is present and the model takes Cityscapes labels, plus
-random blobs of classes (:func:`asapbench.inputs.random_label_map`); one input instead of two above
-``LARGE_INPUT_PIXELS`` (a CPU forward of SPADE at 1024x1024 is 2.3 TMACs).
+realistic label maps: the project's synthetic label maps (random blobs of classes with instance
+ids, :func:`asapbench.inputs.random_label_map`), and first the user's own label maps when
+``--parity-labels DIR`` names a folder of them; one input instead of two above
+``LARGE_INPUT_PIXELS`` (a CPU forward of SPADE at 1024x1024 is 2.3 TMACs). See docs/export.md.
 
 The gate runs the graph with its InstanceNormalization nodes evaluated exactly (float64, two-pass;
 :func:`exact_instancenorm`): onnxruntime's CPU kernel for that one op loses precision on large
@@ -17,7 +17,7 @@ Criteria (``PARITY_CRITERIA``): fp32 -- max |error| <= 1e-4; fp16 -- PSNR >= 40 
 peak-to-peak range of the output (2.0, for [-1, 1]) as the peak, and no NaN/Inf. Every sample also
 reports the spread of the reference output (std, fraction of saturated pixels |y| > 0.98): a random
 generator whose tanh output is saturated or collapsed to 0 would pass any gate, so such a result is
-flagged ``degenerate`` (and :func:`spread_random_weights` fixes random weights for exports).
+flagged ``degenerate`` (and :func:`asapbench.weights.spread_random_weights` fixes random weights).
 
 fp16 graphs are checked through :func:`exporters.fp16.emulate_fp16`: every value the graph holds in
 fp16 is rounded to fp16, the arithmetic inside a node runs in fp32 (as GPU fp16 kernels accumulate).
@@ -55,59 +55,19 @@ class ParityError(UserError):
     """The exported model does not match PyTorch within the gate; the message carries the numbers."""
 
 
-def shared_dir() -> Path | None:
-    """The read-only ``shared`` folder beside the repository, if present."""
-    for cand in (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared")):
-        if cand.is_dir():
-            return cand
-    return None
-
-
-def cityscapes_sample(height: int, width: int, index: int = 0) -> tuple[str, torch.Tensor, torch.Tensor] | None:
-    """(name, labels, instances) int64 ``[1, 1, H, W]`` of a real Cityscapes test pair, or None if absent."""
-    root = shared_dir()
-    if root is None:
-        return None
-    lab_dir = root / "data" / "cityscapes_samples" / "test_label"
-    inst_dir = root / "data" / "cityscapes_samples" / "test_inst"
-    labels = sorted(lab_dir.glob("*_labelIds.png")) if lab_dir.is_dir() else []
-    if not labels:
-        return None
-    lab_path = labels[index % len(labels)]
-    inst_path = inst_dir / lab_path.name.replace("_labelIds", "_instanceIds")
-    from PIL import Image
-
-    def load(p: Path) -> torch.Tensor:
-        img = Image.open(p)
-        img = img.resize((width, height), Image.NEAREST)
-        return torch.from_numpy(np.array(img).astype(np.int64)).view(1, 1, height, width)
-
-    lab = load(lab_path)
-    inst = load(inst_path) if inst_path.is_file() else lab.clone()
-    return lab_path.name.replace("_gtFine_labelIds.png", ""), lab, inst
-
-
-def parity_inputs(model, height: int, width: int, batch: int = 1, seed: int = 0, count: int = 2) -> list[tuple[str, torch.Tensor]]:
-    """Realistic inputs for ``model`` at H x W: a Cityscapes sample when it fits, then random blobs.
+def parity_inputs(model, height: int, width: int, batch: int = 1, seed: int = 0, count: int = 2,
+                  label_dir: str | Path | None = None) -> list[tuple[str, torch.Tensor]]:
+    """Realistic inputs for ``model`` at H x W: label maps from ``label_dir`` first when given, then the
+    project's synthetic label maps (:func:`asapbench.inputs.random_label_map`, a Voronoi partition of
+    random classes with instance ids).
 
     Returns ``count`` pairs (description, float32 CPU tensor ``[batch, input_nc, H, W]``).
     """
-    from asapbench.inputs import encode_labels, example_input, labels_to_image
+    from asapbench.inputs import example_input, input_from_label_maps
 
     out: list[tuple[str, torch.Tensor]] = []
-    label_nc = getattr(model, "label_nc", None)
-    cityscapes_ok = (model.input_kind == "image") or (label_nc is not None and label_nc >= 34)
-    if cityscapes_ok:
-        items = [cityscapes_sample(height, width, index=seed + b) for b in range(batch)]
-        if all(items):
-            labs = torch.cat([it[1] for it in items])
-            insts = torch.cat([it[2] for it in items])
-            if model.input_kind == "image":
-                x = labels_to_image(labs, 35)
-            else:
-                x = encode_labels(labs, label_nc, insts if model.instance_edge else None, model.contain_dontcare)
-            names = ", ".join(it[0] for it in items)
-            out.append((f"Cityscapes {names} (label ids, nearest-resized to {height}x{width})", x))
+    if label_dir is not None:
+        out.append(input_from_label_maps(model, label_dir, batch, height, width, index=seed))
     k = 0
     while len(out) < count:
         s = seed + 1000 * (k + 1)
@@ -292,7 +252,7 @@ def check_parity(
     notes = []
     if degenerate:
         notes.append("reference output is nearly constant or saturated: the comparison says little; "
-                     "use trained weights or exporters.validate.spread_random_weights")
+                     "use trained weights or asapbench.weights.spread_random_weights")
     if as_is is not None:
         notes.append("as_is: the unmodified file as onnxruntime's CPU provider runs it (its InstanceNormalization "
                      "kernel loses precision on large images; it computes most fp16 ops in fp32 without rounding "
@@ -326,131 +286,3 @@ def raise_if_failed(parity: dict[str, Any], what: str) -> None:
         f"parity check failed for {what}: {'; '.join(parity['failures'])} ({nums}; criterion: {parity['criterion']}); "
         "the numbers are in the .parity-failed.json report beside it; export with --precision fp32 or report a bug"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Random weights that give a usable output spread
-# --------------------------------------------------------------------------------------------
-def _last_weighted_module(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-    """The module with a ``weight`` parameter that runs last in ``model(x)`` (found with hooks)."""
-    order: list[torch.nn.Module] = []
-    hooks = []
-    for mod in model.modules():
-        if isinstance(getattr(mod, "weight", None), torch.nn.Parameter) and mod.weight.dim() > 1:
-            hooks.append(mod.register_forward_hook(lambda m, i, o: order.append(m)))
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    if not order:
-        raise ValueError("the model has no weighted layer to rescale")
-    return order[-1]
-
-
-def calibrate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Set the running statistics of every BatchNorm to those of ``model(x)``; returns how many.
-
-    A freshly initialised BatchNorm has mean 0 / variance 1, so in eval mode it normalises nothing
-    and a random SPADE's activations grow to ~1e16 (fp16 overflows, tanh saturates). A trained model
-    has statistics of real data; this gives random weights the same (one pass, cumulative average).
-    """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return 0
-    saved = [m.momentum for m in bns]
-    try:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for m, mom in zip(bns, saved):
-            m.momentum = mom
-            m.eval()
-    return len(bns)
-
-
-def spread_random_weights(
-    model: torch.nn.Module, x: torch.Tensor, target_std: float = 0.4, steps: int = 10
-) -> float:
-    """Rescale the last weighted layer of a *randomly initialised* generator so that its output on
-    ``x`` has std ~ ``target_std`` instead of a saturated (+-1) or collapsed (0) tanh.
-
-    Default PyTorch initialisation saturates most of these generators (e.g. random ASAP-Net
-    cityscapes: 91% of pixels at |y| > 0.99), which makes any parity comparison meaningless.
-    BatchNorm statistics are first set from ``x`` (:func:`calibrate_batchnorm`). The module is
-    modified in place (after :meth:`prepare_for_inference`); returns the factor applied.
-    Use only for random weights: never on a checkpoint.
-    """
-    model.prepare_for_inference()
-    calibrate_batchnorm(model, x)
-    layer = _last_weighted_module(model, x)
-    w0 = layer.weight.detach().clone()
-    b0 = layer.bias.detach().clone() if getattr(layer, "bias", None) is not None else None
-
-    def std_at(a: float) -> float:
-        with torch.no_grad():
-            layer.weight.copy_(w0 * a)
-            if b0 is not None:
-                layer.bias.copy_(b0 * a)
-        with torch.inference_mode():
-            return float(model(x).float().std())
-
-    s = std_at(1.0)
-    if abs(s - target_std) < 0.05 * target_std:
-        return 1.0
-    # bracket log2(a) with unit steps, then bisect; the output spread grows with the last layer's scale
-    lo = hi = None
-    cur = 0
-    down = s > target_std
-    for _ in range(14):
-        prev, cur = cur, cur + (-1 if down else 1)
-        s = std_at(2.0**cur)
-        if down and s <= target_std:
-            lo, hi = cur, prev
-            break
-        if not down and s >= target_std:
-            lo, hi = prev, cur
-            break
-    if lo is None:  # no scale reaches the target: leave the weights as they were
-        std_at(1.0)
-        return 1.0
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        if std_at(2.0**mid) > target_std:
-            hi = mid
-        else:
-            lo = mid
-    a = 2.0 ** ((lo + hi) / 2)
-    std_at(a)
-    return a
-
-
-def spread_for_resolution(model: torch.nn.Module, height: int, width: int, seed: int, steps: int = 10) -> float:
-    """:func:`spread_random_weights` on a realistic label map of the aspect of H x W (at most 128x256
-    pixels, :func:`calibration_size`), recording what was done in ``model.weights_note`` (sidecars and
-    benchmark rows carry it). For random weights only; returns the factor applied to the last layer."""
-    from asapbench.inputs import example_input
-
-    ch, cw = calibration_size(model, height, width)
-    model.check_input_size(ch, cw)
-    factor = spread_random_weights(model, example_input(model, 1, ch, cw, seed=seed), steps=steps)
-    model.weights_note = (
-        f"random init (torch.manual_seed({seed})), BatchNorm statistics calibrated and the last weighted layer "
-        f"scaled by {factor:.4g} on a {ch}x{cw} label map so the output std is ~0.4 instead of a saturated tanh"
-    )
-    return factor
-
-
-def calibration_size(model, height: int, width: int, max_area: int = 128 * 256) -> tuple[int, int]:
-    """A smaller valid input size with the aspect of H x W (halving while valid and above ``max_area``)."""
-    mh, mw = model.size_multiple()
-    nh, nw = model.min_size()
-    h, w = height, width
-    while h * w > max_area and h // 2 >= nh and w // 2 >= nw and (h // 2) % mh == 0 and (w // 2) % mw == 0 and h % 2 == 0 and w % 2 == 0:
-        h, w = h // 2, w // 2
-    return h, w

@@ -3,7 +3,7 @@
 Three kinds of checks:
 - every full preset's state dict equals its official manifest (names, shapes, order, dtypes,
   buffers, parameter count), built on the meta device;
-- an independent functional reference, written from shared/docs/official-behaviour.md sections 2-4
+- an independent functional reference, written from docs/generators.md ("pix2pixHD", "SPADE", "pix2pix U-Net-256")
   (plain F.conv2d / F.conv_transpose2d, hand-written instance/batch norm, slicing for the legacy
   nearest resize, sum/count average pooling, spectral norm from the stored u and v), reads the
   weights by manifest key and must reproduce the modules' eval output after every parameter and
@@ -88,7 +88,7 @@ def _resblock_hd(x, sd, key):
 
 
 def ref_pix2pixhd_global(sd, x, n_down, n_blocks, head=True):
-    """Section 3.2: keys model.<i>; returns the image (head) or the 64-channel trunk features."""
+    """docs/generators.md, "GlobalGenerator": keys model.<i>; returns the image (head) or the 64-channel trunk features."""
     h = F.relu(_inorm(_conv(_rpad(x, 3), sd, "model.1")))
     i = 4
     for _ in range(n_down):
@@ -115,7 +115,7 @@ def ref_avgpool_exclude_pad(x):
 
 
 def ref_pix2pixhd_local(sd, x, n_down, n_blocks, n_blocks_local):
-    """Section 3.3, one enhancer."""
+    """docs/generators.md, "LocalEnhancer", one enhancer."""
     trunk = ref_pix2pixhd_global(sd, ref_avgpool_exclude_pad(x), n_down, n_blocks, head=False)
     y = F.relu(_inorm(_conv(_rpad(x, 3), sd, "model1_1.1")))
     y = F.relu(_inorm(_conv(y, sd, "model1_1.4", stride=2, pad=1)))
@@ -168,7 +168,7 @@ def _up2(x):  # pixel duplication
 
 
 def ref_spade(sd, seg, mode, sigma="stored"):
-    """Section 2.2/2.3 with the latent size taken from the input."""
+    """docs/generators.md, "SPADE" (latent size and layers), with the latent size taken from the input."""
     n = {"normal": 5, "more": 6, "most": 7}[mode]
     h, w = seg.shape[2] >> n, seg.shape[3] >> n
     x = _conv(_nearest(seg, h, w), sd, "fc", pad=1)
@@ -183,7 +183,7 @@ def ref_spade(sd, seg, mode, sigma="stored"):
 
 
 def ref_unet(sd, x, num_downs, train=False):
-    """Section 4: level L >= 1 has prefix model.model.1 + .model.3 * (L-1) + .model."""
+    """docs/generators.md, "pix2pix U-Net-256": level L >= 1 has prefix model.model.1 + .model.3 * (L-1) + .model."""
 
     def level(h, lvl, p):
         if lvl == num_downs - 1:  # innermost: no BN after the down conv

@@ -76,14 +76,14 @@ def test_macs_column_equals_asapbench_info(tiny_sweep):
 
 
 def test_injected_failure_stays_in_its_cell(tmp_path, cache, monkeypatch):
-    real = B.open_runner
+    real = B.make_runner
 
-    def flaky(cell, prepared):
+    def flaky(cell):
         if cell.backend == "torch" and (cell.height, cell.width) == (64, 64):
             raise RuntimeError("injected failure")
-        return real(cell, prepared)
+        return real(cell)
 
-    monkeypatch.setattr(B, "open_runner", flaky)
+    monkeypatch.setattr(B, "make_runner", flaky)
     rows = _run(tmp_path, cache, models=["asapnet-tiny"], res=["32x64", "64x64"], backends=["torch", "onnxruntime"])
     status = {(r.res, r.backend): r.status for r in rows}
     assert status == {("32x64", "torch"): "ok", ("32x64", "onnxruntime"): "ok",
@@ -96,14 +96,14 @@ def test_injected_failure_stays_in_its_cell(tmp_path, cache, monkeypatch):
 
 
 def test_oom_budget_and_unavailable_backends_are_rows(tmp_path, cache, monkeypatch):
-    real = B.open_runner
+    real = B.make_runner
 
-    def oom(cell, prepared):
+    def oom(cell):
         if cell.backend == "onnxruntime":
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(cell, prepared)
+        return real(cell)
 
-    monkeypatch.setattr(B, "open_runner", oom)
+    monkeypatch.setattr(B, "make_runner", oom)
     rows = _run(tmp_path, cache, models=["asapnet-tiny"], res=["32x64"],
                 backends=["torch", "onnxruntime", "tensorrt", "onnxruntime-trt"], precision=["fp32", "fp16"])
     got = {(r.backend, r.precision): r for r in rows}

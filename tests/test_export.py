@@ -20,7 +20,8 @@ from asapbench.registry import get_spec, list_models
 from exporters import validate
 from exporters.onnx_export import export_onnx, verify_onnx_file
 from exporters.ort import OrtRunner
-from exporters.validate import ParityError, spread_random_weights
+from asapbench.weights import spread_random_weights
+from exporters.validate import ParityError
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -265,13 +266,13 @@ def test_random_weights_are_spread_out_and_recorded():
     assert float((y.abs() > validate.SATURATION).float().mean()) < validate.MAX_SATURATED
 
 
-def test_parity_inputs_use_cityscapes_when_present():
+def test_parity_inputs_use_the_label_maps_given():
     from conftest import shared_path
 
-    shared_path("data", "cityscapes_samples", "test_label")
+    labels = shared_path("data", "cityscapes_samples", "test_label")
     torch.manual_seed(0)
     g = asapbench.create_generator("asapnet", "cityscapes")
-    (desc, x), (desc2, x2) = validate.parity_inputs(g, 64, 128)
+    (desc, x), (desc2, x2) = validate.parity_inputs(g, 64, 128, label_dir=labels)
     assert desc.startswith("Cityscapes") and "random" in desc2
     assert x.shape == (1, 36, 64, 128)
     onehot = x[:, :35]

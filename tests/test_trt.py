@@ -162,7 +162,7 @@ def test_engine_functions_refuse_cleanly_without_tensorrt(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_exports(tmp_path_factory):
     from exporters.onnx_export import export_onnx
-    from exporters.validate import spread_random_weights
+    from asapbench.weights import spread_random_weights
 
     out = tmp_path_factory.mktemp("trt")
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Environment snapshot stored with every benchmark result.
 
-Library versions are read from package metadata (``importlib.metadata``), so TensorRT, onnx and
+Library versions are read from package metadata (:mod:`asapbench.versions`), so TensorRT, onnx and
 onnxruntime are never imported just to learn their version. GPU clocks come from ``nvidia-smi``
 where it exists.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from asapbench.bench.timing import cpu_count
+from asapbench.versions import package_version
 
 #: environment keys copied into every CSV row (the full snapshot goes to bench.json)
 ROW_ENV_KEYS = (
@@ -29,31 +30,6 @@ ROW_ENV_KEYS = (
     "tensorrt_version",
     "git_sha",
 )
-
-_DISTS = {
-    "torch": ("torch",),
-    "numpy": ("numpy",),
-    "onnx": ("onnx",),
-    "onnxscript": ("onnxscript",),
-    # the GPU wheel installs the same module under another distribution name
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-training"),
-    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12", "tensorrt_cu13", "tensorrt-lean"),
-    "pycuda": ("pycuda",),
-    "cuda-python": ("cuda-python",),
-}
-
-
-def package_version(module: str) -> str | None:
-    """Installed version of a library by its distribution metadata (no import); None if absent."""
-    from importlib import metadata
-
-    for dist in _DISTS.get(module, (module,)):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
 
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (Linux) or platform, e.g. 'AMD EPYC 7763 64-Core Processor'."""

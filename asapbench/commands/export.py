@@ -36,47 +36,40 @@ def _build_models(
     seed: int,
     dynamic: bool,
 ) -> list[tuple[Any, list[tuple[int, int]]]]:
-    """[(generator, [resolutions it is exported at])]: one model per configuration.
+    """[(generator, [resolutions it is exported at])]: one model per configuration, every size checked.
 
     Without --preset every resolution gets the paper's configuration for it
-    (:func:`asapbench.registry.configure_for_resolution`); a --checkpoint fixes one model for all.
-    Random weights are seeded and rescaled so the output is not a saturated tanh
-    (:func:`exporters.validate.spread_random_weights`), which would make the parity gate meaningless.
+    (:func:`asapbench.registry.build_for_resolution`); with --dynamic one graph serves every size, so the
+    model is configured for the first; a --checkpoint fixes one model for all. Random weights are seeded
+    and made realistic (:func:`asapbench.weights.spread_for_resolution`), since a saturated tanh would
+    make the parity gate meaningless.
     """
-    import torch
-
-    from asapbench.registry import configure_for_resolution, create_generator, get_spec
+    from asapbench.registry import build_for_resolution, configure_for_resolution, get_spec
+    from asapbench.weights import spread_for_resolution
 
     get_spec(model)
     if checkpoint is not None:
-        try:
-            from asapbench.checkpoint import load_generator
-        except ImportError as exc:  # pragma: no cover - the lead's module is part of the package
-            raise UserError(f"loading checkpoints is not available in this build ({exc})") from None
+        from asapbench.checkpoint import load_generator
+
         g = load_generator(model, preset, checkpoint)
         g.prepare_for_inference()
+        for h, w in resolutions:
+            g.check_input_size(h, w)
         return [(g, list(resolutions))]
-    groups: dict[tuple[str | None, str], tuple[Any, list[tuple[int, int]]]] = {}
+    groups: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for h, w in resolutions:
-        if preset is not None:
-            p, overrides = preset, {}
-        elif dynamic:  # one graph serves every size: configured for the first
-            p, overrides = configure_for_resolution(model, *resolutions[0])
-        else:
-            p, overrides = configure_for_resolution(model, h, w)
-        k = (p, repr(sorted(overrides.items())))
-        if k not in groups:
-            torch.manual_seed(seed)
-            g = create_generator(model, p, **overrides)
-            groups[k] = (g, [])
-        groups[k][1].append((h, w))
+        p, overrides = (preset, {}) if preset is not None else configure_for_resolution(model, *(resolutions[0] if dynamic else (h, w)))
+        groups.setdefault((p, repr(sorted(overrides.items()))), []).append((h, w))
     out = []
-    for g, res in groups.values():
-        from exporters.validate import spread_for_resolution
-
+    for res in groups.values():
+        h0, w0 = resolutions[0] if dynamic else res[0]
+        g = build_for_resolution(model, h0, w0, preset, seed=seed)
+        for h, w in res:  # every size is checked before anything is written
+            g.check_input_size(h, w)
+        out.append((g, res))
+    for g, res in out:
         g.prepare_for_inference()
         spread_for_resolution(g, *res[0], seed=seed)
-        out.append((g, res))
     return out
 
 
@@ -104,6 +97,7 @@ def export_models(
     reuse: bool = True,
     log: Callable[[str], None] = print,
     progress: Callable[[str], None] | None = None,
+    parity_labels: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Export ``model`` at every resolution in ``res``; returns one record per ONNX file / engine.
 
@@ -130,20 +124,21 @@ def export_models(
         raise UserError(f"--engine trt: {trt_reason} (or use --engine onnx)")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint file not found: {str(checkpoint)!r}; pass the path of an existing .pth file")
+    if parity_labels is not None:
+        from asapbench.inputs import label_map_files
+
+        label_map_files(parity_labels)  # UserError when the folder has no label maps
     out_dir = ensure_writable_dir(out, "--out folder")
     from exporters.onnx_export import export_onnx
 
     models = _build_models(model, preset, checkpoint, resolutions, seed, dynamic)
-    for g, rs in models:  # every size is checked before anything is written
-        for h, w in rs:
-            g.check_input_size(h, w)
     records: list[dict[str, Any]] = []
     for g, rs in models:
         targets = rs[:1] if dynamic else rs
         for h, w in targets:
             r = export_onnx(g, h, w, out_dir, precision=precision, dynamic=dynamic, batch=batch, opset=opset,
                             check=check, checkpoint=checkpoint, seed=seed, reuse=reuse, progress=progress,
-                            check_sizes=rs[1:] if dynamic else ())
+                            check_sizes=rs[1:] if dynamic else (), label_dir=parity_labels)
             s = r.sidecar
             par = s.get("parity") or {}
             rec = {
@@ -223,6 +218,7 @@ def register(app) -> None:
         batch: Annotated[int, typer.Option("--batch", help="Batch size of the exported graph (static), or the optimum (dynamic).")] = 1,
         opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 20).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Re-export and rebuild even when a matching file exists.")] = False,
+        parity_labels: Annotated[Optional[Path], typer.Option("--parity-labels", help="Folder of label-map PNGs (e.g. Cityscapes *_labelIds.png) to gate parity on, besides the built-in synthetic label maps.")] = None,
     ) -> None:
         """Export a generator to ONNX (fp32/fp16) and TensorRT, checking parity with PyTorch."""
         from rich.console import Console
@@ -240,6 +236,6 @@ def register(app) -> None:
             export_models(
                 model, res, engine=engine, precision=precision, preset=preset, checkpoint=checkpoint,
                 dynamic=dynamic, out=out, check=check, seed=seed, workspace_gb=workspace_gb, batch=batch,
-                opset=opset, reuse=not force, log=log,
+                opset=opset, reuse=not force, log=log, parity_labels=parity_labels,
                 progress=lambda s: bar.update(task, description=s),
             )

@@ -29,28 +29,21 @@ def model_info(model: str, preset: str | None = None, res: str | None = None, ba
     Without ``preset``, a given ``res`` configures the model as the paper does for that resolution
     (ASAP-Net: S = H/16); without ``res``, the preset's own resolution is used.
     """
-    import torch
-
     from asapbench.counting import count_macs
-    from asapbench.registry import configure_for_resolution, create_generator, get_preset
+    from asapbench.registry import build_for_resolution, get_preset
     from asapbench.resolution import parse_resolution
 
-    overrides: dict[str, Any] = {}
     if res is not None:
         height, width = parse_resolution(res)
-        if preset is None:
-            preset, overrides = configure_for_resolution(model, height, width)
-    p = get_preset(model, preset)
-    if res is None:
-        height, width = p.resolution
-    with torch.device("meta"):
-        g = create_generator(model, p.name, **overrides)
-    g.check_input_size(height, width)
+    else:
+        preset = get_preset(model, preset).name
+        height, width = get_preset(model, preset).resolution
+    g = build_for_resolution(model, height, width, preset, device="meta")
     counts = count_macs(g, height, width, batch=batch)
     info: dict[str, Any] = {
         "model": model,
-        "preset": p.name,
-        "overrides": overrides,
+        "preset": g.preset,
+        "overrides": dict(g.overrides),
         "height": height,
         "width": width,
         "batch": batch,

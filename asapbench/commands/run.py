@@ -1,8 +1,10 @@
 """`asapbench run` (resolution sweeps) and `asapbench report` (merge and re-render results).
 
 :func:`build_config` turns command-line values into a validated :class:`SweepConfig` (every bad
-value is a :class:`UserError`: one line, exit code 2); :func:`run_benchmark` runs the sweep;
-:func:`report` merges CSVs. The Typer commands are thin shells over these three.
+value is a :class:`UserError`: one line, exit code 2); :func:`run_benchmark` runs the sweep engine
+(:func:`asapbench.bench.sweep.iter_sweep`) and renders its events: a rich progress bar and live
+table, warnings, and the four result files (:func:`render_sweep`); :func:`report` merges CSVs. The
+Typer commands are thin shells over these.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def build_config(
     Returns ``(config, checkpoint_paths)``. Loop settings left as None take the device's defaults
     (:func:`asapbench.bench.sweep.cpu_defaults` / ``cuda_defaults``).
     """
-    from asapbench.bench.backends import BACKENDS, PRECISIONS, default_backends
+    from asapbench.bench.backends import PRECISIONS, default_backends, get_backend
     from asapbench.bench.sweep import SweepConfig, cpu_defaults, cuda_defaults
     from asapbench.registry import get_spec
     from asapbench.resolution import parse_resolutions
@@ -109,8 +111,7 @@ def build_config(
     dev = resolve_device(device)
     backend_names = _split(backends)
     for b in backend_names:
-        if b not in BACKENDS:
-            raise UserError(f"unknown backend {b!r}; choose from: {', '.join(BACKENDS)}")
+        get_backend(b)  # UserError listing the choices
     if not backend_names:
         backend_names = default_backends(dev)
     precisions = _split(precision) or (["fp32", "fp16"] if dev == "cuda" else ["fp32"])
@@ -155,7 +156,7 @@ def run_benchmark(out: str | os.PathLike = DEFAULT_OUT, progress: bool | None = 
 
     import torch
 
-    from asapbench.bench.sweep import plan_models, run_sweep
+    from asapbench.bench.sweep import plan_models
     from asapbench.bench.system import snapshot
     from asapbench.fsutil import ensure_writable_dir
 
@@ -170,7 +171,7 @@ def run_benchmark(out: str | os.PathLike = DEFAULT_OUT, progress: bool | None = 
     plan_models(cfg.models, cfg.resolutions, ckpt_models)  # bad resolutions fail here, before any work
     env = snapshot(argv)
     if any(b.startswith("onnxruntime") for b in cfg.backends) and env.get("onnxruntime_version"):
-        from asapbench.bench.backends import ort_providers
+        from asapbench.bench.runner_ort import ort_providers
 
         env["onnxruntime_providers"] = ort_providers()
     env["threads"] = cfg.threads or torch.get_num_threads()
@@ -178,7 +179,112 @@ def run_benchmark(out: str | os.PathLike = DEFAULT_OUT, progress: bool | None = 
                                                   "e2e_iters", "e2e_min_seconds", "budget_s", "batch", "seed")}
     if progress is None:
         progress = sys.stderr.isatty()
-    return run_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models)
+    return render_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models)
+
+
+class SweepDisplay:
+    """Rich progress bar plus a live table of finished rows (stderr); warnings on stderr either way."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.rows: list = []
+        self.live = None
+        if not enabled:
+            return
+        from rich.console import Console, Group
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
+        self.task = self.progress.add_task("cells", total=None)
+        self._group = Group
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+
+    def _table(self):
+        from rich.table import Table
+
+        t = Table(title="finished cells", title_justify="left", show_edge=False, pad_edge=False)
+        for c in ("model", "res", "backend", "prec", "ms median", "e2e ms", "CoV", "MiB", "status"):
+            t.add_column(c, justify="right" if c in ("ms median", "e2e ms", "CoV", "MiB") else "left")
+        for r in self.rows[-15:]:
+            t.add_row(r.model, r.res, r.backend + (" +graph" if r.cuda_graph else ""), r.precision,
+                      f"{r.ms_median:.2f}" if r.ms_median is not None else "",
+                      f"{r.e2e_ms_median:.2f}" if r.e2e_ms_median is not None else "",
+                      f"{r.cov:.1%}" if r.cov is not None else "",
+                      f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "",
+                      r.status if r.status == "ok" else f"[red]{r.status}[/red]")
+        return t
+
+    def _render(self):
+        return self._group(self._table(), self.progress) if self.rows else self._group(self.progress)
+
+    def __enter__(self) -> "SweepDisplay":
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        if self.enabled:
+            self.progress.update(self.task, total=total)
+
+    def phase(self, text: str) -> None:
+        if self.enabled:
+            self.progress.update(self.task, description=text)
+
+    def finished(self, row) -> None:
+        self.rows.append(row)
+        if self.enabled:
+            self.progress.advance(self.task)
+            self.live.update(self._render())
+
+    def warn(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(f"[yellow]warning:[/yellow] {text}")
+        else:
+            import sys
+
+            print(f"asapbench: warning: {text}", file=sys.stderr)
+
+
+def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = None, progress: bool = True,
+                 checkpoint_models: dict | None = None) -> list:
+    """Run the sweep engine and render its events: bench.csv rewritten (atomically) after every cell, so
+    Ctrl-C keeps every finished row; bench.md, bench.json and the plot from the finished rows at the end
+    (and on Ctrl-C, before re-raising)."""
+    from asapbench.bench.sweep import iter_sweep
+    from asapbench.bench.system import snapshot
+    from asapbench.report import render_all, write_csv
+
+    out_dir = Path(out_dir)
+    env = env if env is not None else snapshot()
+    rows: list = []
+    display = SweepDisplay(progress)
+    try:
+        with display:
+            for ev in iter_sweep(cfg, env=env, checkpoint_models=checkpoint_models, on_phase=display.phase):
+                if ev.kind == "start":
+                    display.start(ev.total)
+                elif ev.kind == "cell":
+                    display.phase(ev.text)
+                elif ev.kind == "row":
+                    rows.append(ev.row)
+                    write_csv(rows, out_dir / "bench.csv")
+                    display.finished(ev.row)
+                elif ev.kind == "warning":
+                    display.warn(ev.text)
+            display.phase("done")
+    except KeyboardInterrupt:
+        if rows:
+            render_all(rows, out_dir, [env])
+        raise
+    render_all(rows, out_dir, [env])
+    return rows
 
 
 def report(csvs: Iterable[str | os.PathLike], out: str | os.PathLike):

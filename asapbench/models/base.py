@@ -7,13 +7,34 @@ from the input on every call; nothing is cached per batch.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+from typing import Any, Mapping
+
 from torch import nn
 
 from asapbench.errors import UserError
 
 
 class Generator(nn.Module):
-    """Base class: input description plus the resolution rule of the architecture."""
+    """Base class: input description plus the resolution rule of the architecture.
+
+    The registry (:func:`asapbench.registry.create_generator`) fills in what was built
+    (``model_name``, ``preset``, ``config``, ``overrides``); :func:`asapbench.checkpoint.load_generator`
+    adds ``checkpoint_path``; :func:`asapbench.weights.spread_for_resolution` adds ``weights_note``.
+    """
+
+    #: registry name, e.g. "asapnet" ("" for a generator built outside the registry)
+    model_name: str = ""
+    #: preset name the generator was built from (None outside the registry)
+    preset: str | None = None
+    #: the constructor keyword arguments (preset values with the overrides applied)
+    config: Mapping[str, Any] = MappingProxyType({})
+    #: the keyword arguments that differ from the preset's (e.g. {"scale": 32} for ASAP-Net at 512x1024)
+    overrides: Mapping[str, Any] = MappingProxyType({})
+    #: the file the weights were loaded from (None: random weights)
+    checkpoint_path: str | None = None
+    #: how random weights were made realistic (None for trained weights)
+    weights_note: str | None = None
 
     #: channels of the input tensor (one-hot labels [+ dontcare] [+ instance edge], or 3 for RGB)
     input_nc: int
@@ -39,7 +60,7 @@ class Generator(nn.Module):
         mh, mw = self.size_multiple()
         nh, nw = self.min_size()
         if height < nh or width < nw or height % mh or width % mw:
-            name = getattr(self, "model_name", type(self).__name__)
+            name = self.model_name or type(self).__name__
             raise UserError(
                 f"{name} cannot take a {height}x{width} input: height must be a multiple of {mh} "
                 f"(at least {nh}) and width a multiple of {mw} (at least {nw}); "

@@ -1,0 +1,68 @@
+"""TensorRT runner: an engine built from the cell's ONNX export (:mod:`exporters.trt`), run with
+``execute_async_v3`` on torch's CUDA stream, optionally replayed as a CUDA graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from asapbench.bench.backends import Backend, Runner
+
+
+def trt_status() -> tuple[bool, str]:
+    """(usable, reason) of TensorRT on this machine (the exporters' own check)."""
+    try:
+        from exporters.trt import trt_status as status
+    except ImportError as exc:
+        return False, f"exporters.trt is not importable ({exc})"
+    return status()
+
+
+class TensorRTRunner(Runner):
+    @classmethod
+    def availability(cls, backend: Backend, device: str) -> str | None:
+        ok, reason = trt_status()
+        return None if ok else f"TensorRT is not usable: {reason}"
+
+    def prepare(self) -> None:
+        from asapbench.bench.runner_ort import export_for
+        from exporters.trt import build_engine
+
+        self.say("exporting")
+        exported = export_for(self.cell)
+        self.engine = build_engine(exported.onnx_path, out_dir=Path(self.cell.cache_dir) / "engines",
+                                   progress=self.cell.progress)
+
+    def open(self) -> None:
+        from exporters.trt import TrtRunner
+
+        cell = self.cell
+        self.trt = TrtRunner(self.engine.engine_path)
+        self.trt.bind(cell.x.to(device="cuda", dtype=torch.float32))
+        self.graph = None
+        if cell.cuda_graph:
+            # one plain enqueue first (TensorRT sets up lazily), then capture the enqueue on torch's capture stream
+            self.trt.infer_bound()
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.trt.infer_bound()
+            self.note = "CUDA graph replay of execute_async_v3"
+        self.provider = "tensorrt"
+        self.info = {"engine": str(self.engine.engine_path)}
+
+    def run(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.trt.infer_bound()
+
+    def run_e2e(self) -> object:
+        return self.trt.infer(self.cell.x.numpy())
+
+    def close(self) -> None:
+        self.graph = None
+        trt = self.__dict__.pop("trt", None)
+        if trt is not None:
+            trt.close()
