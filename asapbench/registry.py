@@ -127,7 +127,7 @@ def create_generator(name: str, preset: str | None = None, **overrides: Any):
     """Build a generator ``torch.nn.Module`` by registry name and preset.
 
     The returned module carries ``model_name``, ``preset``, ``config`` (the constructor keyword
-    arguments) and ``overrides`` (those that differ from the preset), declared on
+    arguments) and ``overrides`` (the keyword arguments given on top of the preset), declared on
     :class:`asapbench.models.base.Generator`, so that checkpoints and exports record what was built.
     """
     spec = get_spec(name)
@@ -140,7 +140,7 @@ def create_generator(name: str, preset: str | None = None, **overrides: Any):
     model.model_name = name
     model.preset = p.name
     model.config = dict(kwargs)
-    model.overrides = {k: v for k, v in kwargs.items() if k not in p.kwargs or p.kwargs[k] != v}
+    model.overrides = dict(overrides)
     return model
 
 

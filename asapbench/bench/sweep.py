@@ -78,17 +78,20 @@ def _fmt_overrides(overrides: dict[str, Any]) -> str:
 
 def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module]) -> ModelPlan:
     from asapbench.counting import count_macs
-    from asapbench.registry import build_for_resolution
+    from asapbench.registry import build_for_resolution, get_preset
 
     p = ModelPlan(name, h, w)
     try:
-        if name in checkpoints:
+        if name in checkpoints:  # the checkpoint's configuration at every size: what differs from its preset
             m = checkpoints[name]
             m.check_input_size(h, w)
+            preset_kw = get_preset(name, m.preset).kwargs
+            p.overrides = {k: v for k, v in m.config.items() if preset_kw.get(k) != v}
             p.checkpoint = str(m.checkpoint_path or "")
         else:
             m = build_for_resolution(name, h, w, device="meta")
-        p.preset, p.overrides = m.preset, dict(m.overrides)
+            p.overrides = dict(m.overrides)
+        p.preset = m.preset
         p.cost = count_macs(m, h, w, batch=1)
     except UserError as exc:
         p.problem = str(exc)

@@ -29,7 +29,7 @@ class Generator(nn.Module):
     preset: str | None = None
     #: the constructor keyword arguments (preset values with the overrides applied)
     config: Mapping[str, Any] = MappingProxyType({})
-    #: the keyword arguments that differ from the preset's (e.g. {"scale": 32} for ASAP-Net at 512x1024)
+    #: the keyword arguments given on top of the preset (e.g. {"scale": 32} for ASAP-Net at 512x1024)
     overrides: Mapping[str, Any] = MappingProxyType({})
     #: the file the weights were loaded from (None: random weights)
     checkpoint_path: str | None = None
