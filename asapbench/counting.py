@@ -30,7 +30,7 @@ def _meta_twin(model: torch.nn.Module) -> torch.nn.Module:
     itself when it was built there, else a rebuild from the registry (or a structural copy)."""
     if all(t.is_meta for t in model.parameters()):
         twin = model
-    elif getattr(model, "model_name", ""):
+    elif getattr(model, "model_name", ""):  # a registry Generator (plain nn.Modules are counted too)
         from asapbench.registry import create_generator
 
         with torch.device("meta"):

@@ -16,6 +16,12 @@ class MissingDependency(UserError):
     """An optional package (onnx, onnxruntime, tensorrt, pycuda) is not installed."""
 
 
+#: how to install an optional module that is not behind a single extra
+INSTALL_HINTS = {
+    "onnxruntime": "pip install 'asapbench[cpu]' (or 'asapbench[gpu]' on a machine with an NVIDIA GPU)",
+}
+
+
 def require(module: str, extra: str | None = None, why: str = ""):
     """Import an optional module or raise :class:`MissingDependency` with an install hint."""
     import importlib
@@ -23,6 +29,10 @@ def require(module: str, extra: str | None = None, why: str = ""):
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - exercised where the package is absent
-        hint = f"pip install 'asapbench[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
+        top = module.split(".")[0]
+        if extra:
+            hint = f"pip install 'asapbench[{extra}]'"
+        else:
+            hint = INSTALL_HINTS.get(top, f"pip install {top}")
         purpose = f" (needed {why})" if why else ""
         raise MissingDependency(f"the Python package '{module}' is not importable{purpose}: {exc}; install it with: {hint}") from exc

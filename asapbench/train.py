@@ -557,7 +557,7 @@ def _build_data(cfg: TrainConfig, models: _Models, dist: _Dist, device: torch.de
     use_inst = bool(G.input_kind != "image" and G.instance_edge)
     dataset = build_dataset(
         cfg.dataset, cfg.data, models.hw, models.label_nc,
-        contain_dontcare=bool(getattr(G, "contain_dontcare", False)), use_instances=use_inst,
+        contain_dontcare=bool(G.contain_dontcare), use_instances=use_inst,
         preprocess=cfg.preprocess, load_size=_parse_hw(cfg.load_size, "--load-size"), flip=cfg.flip,
         seed=cfg.seed, split=cfg.split, synthetic_size=cfg.synthetic_size)
     sampler = ResumableSampler(dataset, dist.world_size, dist.rank, seed=cfg.seed)

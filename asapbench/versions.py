@@ -64,6 +64,15 @@ def cuda_flavour(prefix: str) -> str | None:
     return None
 
 
+def onnxruntime_conflict() -> str | None:
+    """A message when both ``onnxruntime`` and ``onnxruntime-gpu`` are installed (they share one module,
+    and whichever was installed last owns its files), else None."""
+    if len(installed_distributions(r"onnxruntime(-gpu)?")) < 2:
+        return None
+    return ("both onnxruntime and onnxruntime-gpu are installed and share the module 'onnxruntime'; fix with: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+
+
 def asapbench_version() -> str:
     v = distribution_version("asapbench")
     if v is None:  # running from a source tree that is not installed

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from asapbench.errors import require
+
 #: ops that stay in fp32 wherever they occur
 KEEP_FP32_OPS = frozenset({
     "InstanceNormalization", "LayerNormalization", "GroupNormalization", "LpNormalization",
@@ -81,7 +83,7 @@ def activation_ranges(model, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[
     one ordinary inference. NaN/Inf come back as ``inf``.
     """
     import onnx
-    import onnxruntime as ort
+    ort = require("onnxruntime", why="to check exported graphs")
     from onnx import helper
 
     types = _value_types(model)

@@ -38,14 +38,10 @@ def available_providers() -> list[str]:
 
 
 def install_conflict() -> str | None:
-    """A message when both ``onnxruntime`` and ``onnxruntime-gpu`` are installed (they share one module,
-    and whichever was installed last owns its files), else None."""
-    from asapbench.versions import installed_distributions
+    """Both onnxruntime wheels installed side by side (:func:`asapbench.versions.onnxruntime_conflict`)."""
+    from asapbench.versions import onnxruntime_conflict
 
-    if len(installed_distributions(r"onnxruntime(-gpu)?")) < 2:
-        return None
-    return ("both onnxruntime and onnxruntime-gpu are installed and share the module 'onnxruntime'; fix with: "
-            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+    return onnxruntime_conflict()
 
 
 def _install_hint(provider: str) -> str:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from asapbench.errors import UserError
+from asapbench.errors import UserError, require
 
 PARITY_CRITERIA = {
     "fp32": {"max_abs_err": 1e-4},
@@ -203,7 +203,7 @@ def check_parity(
     raises on a failed gate: see :func:`raise_if_failed`.
     """
     import onnx
-    import onnxruntime as ort
+    ort = require("onnxruntime", why="to check exported graphs")
 
     from exporters.fp16 import emulate_fp16
 

@@ -158,6 +158,21 @@ def test_import_and_help_do_not_import_heavy_optional_packages():
     assert "info" in r.stdout and "models" in r.stdout
 
 
+def test_torch_only_sweep_needs_no_exporters(tmp_path):
+    """asapbench/ times the torch backend with exporters/ (and onnx, onnxruntime) made unimportable."""
+    code = (
+        "import sys\n"
+        "for m in ('exporters', 'onnx', 'onnxruntime', 'onnxscript', 'tensorrt'): sys.modules[m] = None\n"
+        "from asapbench.commands.run import run_benchmark\n"
+        f"rows = run_benchmark(out={str(tmp_path)!r}, models=['asapnet-tiny'], res=['32x64'], backends=['torch'],"
+        " warmup=0, iters=1, min_seconds=0.0, e2e_iters=0, progress=False)\n"
+        "print([r.status for r in rows])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert r.stdout.strip().endswith("['ok']"), r.stdout
+
+
 def test_every_command_help_runs():
     from asapbench.cli import app
 

@@ -51,7 +51,7 @@ class OnnxRuntimeRunner(Runner):
     def availability(cls, backend: Backend, device: str) -> str | None:
         provs = ort_providers()
         if not provs:
-            return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)"
+            return "onnxruntime is not installed (pip install 'asapbench[cpu]', or 'asapbench[gpu]' for CUDA)"
         want = backend.providers[device]
         if want == "TensorrtExecutionProvider":
             from asapbench.bench.runner_trt import trt_status

@@ -132,9 +132,9 @@ def snapshot(argv: list[str] | None = None) -> dict[str, Any]:
     env["driver_version"] = smi[0]["driver_version"] if smi else None
     for mod in ("numpy", "onnx", "onnxscript", "onnxruntime", "tensorrt"):
         env[f"{mod}_version"] = package_version(mod)
-    from exporters.ort import install_conflict  # metadata only: does not import onnxruntime
+    from asapbench.versions import onnxruntime_conflict
 
-    env["onnxruntime_install_conflict"] = install_conflict()
+    env["onnxruntime_install_conflict"] = onnxruntime_conflict()
     return env
 
 

@@ -117,12 +117,12 @@ def encode_batch(batch: dict, model, label_nc: int, device: torch.device | str |
     from asapbench.inputs import encode_labels, labels_to_image
 
     labels = batch["label"].to(device) if device is not None else batch["label"]
-    if getattr(model, "input_kind", "labels") == "image":
+    if model.input_kind == "image":
         return labels_to_image(labels, label_nc)
     inst = None
-    if getattr(model, "instance_edge", False):
+    if model.instance_edge:
         inst = batch["inst"].to(device) if device is not None else batch["inst"]
-    return encode_labels(labels, model.label_nc, inst, contain_dontcare=getattr(model, "contain_dontcare", False))
+    return encode_labels(labels, model.label_nc, inst, contain_dontcare=model.contain_dontcare)
 
 
 def colorize_labels(labels: torch.Tensor, label_nc: int) -> torch.Tensor:
