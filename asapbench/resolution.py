@@ -7,8 +7,8 @@ from typing import Iterable
 
 from asapbench.errors import UserError
 
-#: The resolutions the paper and its supplement time (H, W).
-PAPER_RESOLUTIONS: list[tuple[int, int]] = [(256, 512), (512, 1024), (512, 512), (1024, 1024), (2048, 2048)]
+#: The resolutions the paper and its supplement time (H, W), smallest first.
+PAPER_RESOLUTIONS: list[tuple[int, int]] = [(256, 512), (512, 512), (512, 1024), (1024, 1024), (1024, 2048), (2048, 2048)]
 
 _RES = re.compile(r"^\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*$")
 

@@ -129,10 +129,16 @@ def spread_for_resolution(model: torch.nn.Module, height: int, width: int, seed:
 
 
 def calibration_size(model, height: int, width: int, max_area: int = 128 * 256) -> tuple[int, int]:
-    """A smaller valid input size with the aspect of H x W (halving while valid and above ``max_area``)."""
+    """A smaller valid input size with the aspect of H x W: halved while valid, above ``max_area`` and at
+    least two size multiples in area (one multiple leaves the deepest maps at 1x1, where instance
+    normalisation is undefined: ASAP-Net facades2048 at 128x128, pix2pixHD at 16x16)."""
     mh, mw = model.size_multiple()
     nh, nw = model.min_size()
     h, w = height, width
-    while h * w > max_area and h // 2 >= nh and w // 2 >= nw and (h // 2) % mh == 0 and (w // 2) % mw == 0 and h % 2 == 0 and w % 2 == 0:
+
+    def ok(a: int, b: int) -> bool:
+        return a >= nh and b >= nw and a % mh == 0 and b % mw == 0 and (a // mh) * (b // mw) >= 2
+
+    while h * w > max_area and h % 2 == 0 and w % 2 == 0 and ok(h // 2, w // 2):
         h, w = h // 2, w // 2
     return h, w
