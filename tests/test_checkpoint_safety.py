@@ -1,11 +1,15 @@
-"""Checkpoint safety (issue 12): non-finite weights, best-fit presets, hostile pickles, run folders as
---checkpoint. Exit codes are checked in subprocesses."""
+"""Checkpoint and training safety (issue 12): non-finite weights, best-fit presets, hostile pickles,
+run folders as --checkpoint, foreign files in a run folder on --resume, a full disk while checkpointing.
+Exit codes are checked in subprocesses."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ import torch
 from asapbench.checkpoint import HOSTILE, load_generator, save_generator
 from asapbench.errors import UserError
 from asapbench.registry import create_generator
-from asapbench.train import GEN_FILE
+from asapbench.train import CSV_FILE, GEN_FILE, RUN_FILE, STATE_FILE, TrainConfig, read_losses, train
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -40,6 +44,15 @@ def _error_line(p) -> str:
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("asapbench: error:")]
     assert len(errors) == 1, p.stderr
     return errors[0]
+
+
+def _train_args(out, model="asapnet-tiny", steps=4, save_every=2, *extra):
+    return ["train", "--model", model, "--dataset", "synthetic", "--out", out, "--steps", steps, "--save-every",
+            save_every, "--synthetic-size", 6, "--ndf", 8, "--sample-every", 1000, "--no-progress", *extra]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +85,19 @@ def test_non_finite_weights_exit_2_from_export_and_run(tmp_path):
     line = _error_line(p)
     assert "non-finite weights" in line and key in line
     assert not (tmp_path / "bench" / "bench.csv").exists()
+
+
+def test_resume_refuses_a_state_with_non_finite_weights(tmp_path):
+    out = tmp_path / "r"
+    train(TrainConfig(model="asapnet-tiny", out=str(out), steps=2, **FAST))
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    key = next(k for k, v in state["G"].items() if v.is_floating_point())
+    state["G"][key] = torch.full_like(state["G"][key], float("nan"))
+    torch.save(state, out / STATE_FILE)
+    before = _snapshot(out)
+    line = _error_line(_cli(*_train_args(out, steps=4), "--resume"))
+    assert "non-finite weights" in line and key in line
+    assert _snapshot(out) == before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,3 +164,171 @@ def test_a_folder_as_checkpoint(tmp_path):
     p = _cli("export", "--model", "asapnet-tiny", "--res", "32x64", "--checkpoint", tmp_path / "empty",
              "--no-check", "--out", tmp_path / "exp")
     assert f"is a folder without a {GEN_FILE}" in _error_line(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# foreign files in a run folder
+# ---------------------------------------------------------------------------------------------
+def test_foreign_train_state_is_refused_without_writing(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(TrainConfig(model="asapnet-tiny", out=str(a), steps=20, save_every=20, **FAST))
+    train(TrainConfig(model="pix2pixhd-tiny", out=str(b), steps=1, **FAST))
+    shutil.copy(b / STATE_FILE, a / STATE_FILE)  # the other run's state lands in a
+    before = _snapshot(a)
+    for extra in (("--model", "asapnet-tiny"), ()):
+        args = _train_args(a, steps=30, save_every=5)
+        if not extra:
+            args[1:3] = []  # no --model
+        line = _error_line(_cli(*args, "--resume"))
+        assert "belong to different runs" in line and RUN_FILE in line and CSV_FILE in line and GEN_FILE in line
+        assert "leave them out" not in line and "delete" not in line and "another --out" in line
+        assert _snapshot(a) == before  # losses.csv keeps its 20 rows, the generator is untouched
+    assert len(read_losses(a)) == 20
+
+
+def test_run_ids_agree_and_a_foreign_losses_csv_or_generator_is_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(TrainConfig(model="asapnet-tiny", out=str(a), steps=2, **FAST))
+    train(TrainConfig(model="asapnet-tiny", out=str(b), steps=2, seed=1, **FAST))
+    rid = json.loads((a / RUN_FILE).read_text())["run_id"]
+    assert rid == torch.load(a / STATE_FILE, weights_only=True)["run_id"]
+    assert (a / CSV_FILE).read_text().splitlines()[0].endswith(",run_id")
+    assert all(line.endswith("," + rid) for line in (a / CSV_FILE).read_text().splitlines()[1:])
+    for name in (CSV_FILE, GEN_FILE):
+        c = tmp_path / f"c-{name}"
+        shutil.copytree(a, c)
+        shutil.copy(b / name, c / name)
+        before = _snapshot(c)
+        with pytest.raises(UserError, match=rf"belong to different runs.*{name}"):
+            train(TrainConfig(model="asapnet-tiny", out=str(c), steps=4, resume=True, **FAST))
+        assert _snapshot(c) == before
+    res = train(TrainConfig(out=str(a), steps=4, resume=True, dataset="synthetic", progress=False))
+    assert res.step == 4 and res.resumed_from == 2
+    assert json.loads((a / RUN_FILE).read_text())["run_id"] == rid
+
+
+def test_a_generator_one_checkpoint_behind_the_state_resumes(tmp_path):
+    """A kill (or a full disk) between writing the state and the generator leaves the older generator."""
+    out = tmp_path / "r"
+    train(TrainConfig(model="asapnet-tiny", out=str(out), steps=2, **FAST))
+    old_gen, old_info = (out / GEN_FILE).read_bytes(), (out / RUN_FILE).read_text()
+    train(TrainConfig(out=str(out), steps=4, resume=True, dataset="synthetic", progress=False))
+    (out / GEN_FILE).write_bytes(old_gen)
+    (out / RUN_FILE).write_text(old_info)
+    res = train(TrainConfig(out=str(out), steps=5, resume=True, dataset="synthetic", progress=False))
+    assert res.resumed_from == 4 and res.step == 5
+
+
+def test_a_legacy_run_without_run_ids_still_resumes(tmp_path):
+    """Runs written before run ids: no id in run.json, the state or losses.csv (nor its column)."""
+    out = tmp_path / "r"
+    train(TrainConfig(model="asapnet-tiny", out=str(out), steps=2, **FAST))
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    del state["run_id"]
+    torch.save(state, out / STATE_FILE)
+    info = json.loads((out / RUN_FILE).read_text())
+    del info["run_id"], info["generator_sha256"]
+    (out / RUN_FILE).write_text(json.dumps(info))
+    lines = (out / CSV_FILE).read_text().splitlines()
+    (out / CSV_FILE).write_text("".join(ln.rsplit(",", 1)[0] + "\n" for ln in lines))
+    res = train(TrainConfig(out=str(out), steps=4, resume=True, dataset="synthetic", progress=False))
+    assert res.resumed_from == 2 and [r["step"] for r in read_losses(out)] == [1, 2, 3, 4]
+    assert json.loads((out / RUN_FILE).read_text())["run_id"] == "legacy"
+    # ... but a legacy state of another model is still refused
+    other = tmp_path / "o"
+    train(TrainConfig(model="pix2pixhd-tiny", out=str(other), steps=1, **FAST))
+    st = torch.load(other / STATE_FILE, weights_only=True)
+    del st["run_id"]
+    torch.save(st, out / STATE_FILE)
+    with pytest.raises(UserError, match="belong to different runs"):
+        train(TrainConfig(out=str(out), steps=6, resume=True, dataset="synthetic", progress=False))
+
+
+def test_a_fresh_run_does_not_overwrite_another_runs_files(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / CSV_FILE).write_text("step,epoch\n1,0\n")
+    with pytest.raises(UserError, match=r"already holds losses.csv.*choose another --out"):
+        train(TrainConfig(model="asapnet-tiny", out=str(out), steps=1, **FAST))
+    assert (out / CSV_FILE).read_text() == "step,epoch\n1,0\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# a full disk while checkpointing
+# ---------------------------------------------------------------------------------------------
+_ENOSPC_SCRIPT = """
+import sys, torch
+real = torch.save
+calls = {"n": 0}
+def save(obj, f, *a, **k):
+    calls["n"] += 1
+    if calls["n"] > %d:  # the first checkpoint (state + generator) fits, the next does not
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+    return real(obj, f, *a, **k)
+torch.save = save
+from asapbench.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    p = subprocess.run([sys.executable, "-c", _ENOSPC_SCRIPT % 2, *map(str, _train_args(out, steps=6))], cwd=REPO,
+                       env=_env(), capture_output=True, text=True, timeout=180)
+    line = _error_line(p)
+    assert f"no space left in {str(out)!r}" in line and "needs about" in line and "step 2 is intact" in line
+    assert torch.load(out / STATE_FILE, weights_only=True)["step"] == 2
+    assert json.loads((out / RUN_FILE).read_text())["step"] == 2
+    assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]
+    res = train(TrainConfig(out=str(out), steps=6, resume=True, dataset="synthetic", progress=False))
+    assert res.resumed_from == 2 and res.step == 6
+
+
+def test_enospc_oserror_from_any_write_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import asapbench.fsutil as fsutil
+
+    real = fsutil.atomic_write_json
+    state = {"n": 0}
+
+    def failing(path, obj):
+        state["n"] += 1
+        if state["n"] > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, obj)
+
+    monkeypatch.setattr(fsutil, "atomic_write_json", failing)
+    out = tmp_path / "r"
+    with pytest.raises(UserError, match=r"no space left in .* to save the checkpoint of step 4: it needs about"):
+        train(TrainConfig(model="asapnet-tiny", out=str(out), steps=6, save_every=2, **FAST))
+    assert json.loads((out / RUN_FILE).read_text())["step"] == 2
+
+
+def _mount_tmpfs(folder: Path, size: str) -> None:
+    folder.mkdir(parents=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip() or 'mount failed'}); the simulated "
+                    "ENOSPC tests cover the same path")
+
+
+def test_full_disk_on_a_real_small_tmpfs(tmp_path):
+    # room for one checkpoint and its logs, not for the temporary copy of the next state beside it
+    probe = tmp_path / "probe"
+    train(TrainConfig(model="asapnet-tiny", out=str(probe), steps=2, save_every=2, **FAST))
+    one = sum(f.stat().st_size for f in probe.iterdir() if f.is_file())
+    state_size = (probe / STATE_FILE).stat().st_size
+    size_kb = (one + state_size // 2) // 1024 + 8
+    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    _mount_tmpfs(mnt, f"{size_kb}k")
+    try:
+        out = mnt / "r"
+        line = _error_line(_cli(*_train_args(out, steps=6, save_every=2)))
+        assert f"no space left in {str(out)!r}" in line and "step 2 is intact" in line
+        assert torch.load(out / STATE_FILE, weights_only=True)["step"] == 2
+        load_generator("asapnet-tiny", None, out / GEN_FILE)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
