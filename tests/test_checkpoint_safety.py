@@ -1,6 +1,6 @@
 """Checkpoint and training safety (issue 12): non-finite weights, best-fit presets, hostile pickles,
-run folders as --checkpoint, foreign files in a run folder on --resume, a full disk while checkpointing.
-Exit codes are checked in subprocesses."""
+run folders as --checkpoint, foreign files in a run folder on --resume, a full disk while checkpointing,
+and `train --help`. Exit codes are checked in subprocesses."""
 
 from __future__ import annotations
 
@@ -332,3 +332,23 @@ def test_full_disk_on_a_real_small_tmpfs(tmp_path):
         load_generator("asapnet-tiny", None, out / GEN_FILE)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# train --help
+# ---------------------------------------------------------------------------------------------
+def test_train_help_shows_defaults_in_the_style_of_the_other_commands():
+    p = subprocess.run([sys.executable, "-m", "asapbench", "train", "--help"], cwd=REPO,
+                       env={**_env(), "COLUMNS": "250", "TERM": "dumb", "NO_COLOR": "1"}, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    text = p.stdout
+    for needle in ("[default: 1]", "[default: 1000]", "[default: 500]", "[default: 0]", "[default: 300]",
+                   "[default: 0.0001]", "[default: 0.0004]", "[default: fixed]", "[default: train]",
+                   "[default: 100]", "[default: 64]"):
+        assert needle in text, needle
+    rows = [ln for ln in text.splitlines() if ln.lstrip("│ ").startswith("--") and "--help" not in ln]
+    assert len(rows) >= 30
+    helps = [ln.split(">", 1)[-1].strip(" │") for ln in rows]
+    assert all(h[:1].isupper() for h in helps), [h for h in helps if not h[:1].isupper()]
+    assert all(h.split("[default")[0].rstrip().endswith((".", ")")) for h in helps), helps
