@@ -1118,10 +1118,12 @@ def check_run_folder(out: Path, state: dict[str, Any]) -> None:
     csv_path = out / CSV_FILE
     if csv_path.exists():
         try:
-            with open(csv_path, newline="") as f:
-                reader = csv.DictReader(f)
-                ids = {r.get("run_id") for r in reader if r.get("run_id")} if "run_id" in (reader.fieldnames or []) \
-                    else {LEGACY_RUN_ID}
+            text = csv_path.read_text()
+            if text and not text.endswith("\n"):
+                text = text[: text.rfind("\n") + 1]  # a line torn by kill -9 (its run id may be cut short)
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            ids = {r.get("run_id") for r in reader if r.get("run_id")} if "run_id" in (reader.fieldnames or []) \
+                else {LEGACY_RUN_ID}
         except (OSError, UnicodeDecodeError, csv.Error):
             ids = {"(unreadable)"}
         if ids - {sid}:

@@ -202,6 +202,8 @@ def test_run_ids_agree_and_a_foreign_losses_csv_or_generator_is_refused(tmp_path
         with pytest.raises(UserError, match=rf"belong to different runs.*{name}"):
             train(TrainConfig(model="asapnet-tiny", out=str(c), steps=4, resume=True, **FAST))
         assert _snapshot(c) == before
+    with open(a / CSV_FILE, "a") as f:  # a row torn by kill -9 inside its run id
+        f.write(f"3,0,0.0001,0.0004,1,1,1,0,3,1,1,2.5,{rid[:5]}")
     res = train(TrainConfig(out=str(a), steps=4, resume=True, dataset="synthetic", progress=False))
     assert res.step == 4 and res.resumed_from == 2
     assert json.loads((a / RUN_FILE).read_text())["run_id"] == rid
