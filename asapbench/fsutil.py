@@ -88,3 +88,65 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# full disks
+# ----------------------------------------------------------------------------------------------
+#: what torch's zip writer (and others) say, as RuntimeError, when a write came up short on a full disk
+_OUT_OF_SPACE_TEXT = ("no space left", "file write failed", "disk quota", "unexpected pos")
+
+
+def tensor_nbytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists and tuples): about what ``torch.save`` writes."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_nbytes(v) for v in obj)
+    return 0
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem of ``path`` (or of its nearest existing parent); None if unknown."""
+    import shutil
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def is_out_of_space(exc: BaseException, folder: str | os.PathLike | None = None, needed: int | None = None) -> bool:
+    """Whether ``exc`` (an OSError, or the RuntimeError ``torch.save`` raises) means the disk is full.
+
+    ENOSPC/EDQUOT, a message that says so, or (given ``folder`` and ``needed``) less free space there
+    than ``needed`` bytes after a failed write.
+    """
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    if any(t in str(exc).lower() for t in _OUT_OF_SPACE_TEXT):
+        return True
+    if folder is not None and needed is not None:
+        free = free_bytes(folder)
+        return free is not None and free < needed
+    return False
+
+
+def human_bytes(n: int | float) -> str:
+    """``n`` bytes as a short text: 512 B, 3.4 MB, 1.2 GB (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover

@@ -16,7 +16,15 @@ Files under ``out``:
 - ``run.json``: model, preset, overrides, dataset and the resolved configuration;
 - ``losses.csv`` (one row per step), ``samples/step_XXXXXXX.png`` (label | output | photo).
 
-Every file is written to a temporary name and renamed. SIGINT/SIGTERM finish the current step,
+A run id drawn when the run starts goes into run.json, train_state.pt and every row of losses.csv
+(run.json also records the SHA-256 of the generator file it saved). ``--resume`` first checks that
+the four files belong to one run (:func:`check_run_folder`) and refuses, writing nothing, when they
+do not. Runs written before run ids existed resume when their files otherwise agree (same model,
+run.json no later than the state, the generator's tensor names and shapes those of the state); they
+keep the id ``legacy``.
+
+Every file is written to a temporary name and renamed; a full disk while saving a checkpoint is one
+line (the folder and the space needed) and leaves the previous checkpoint intact. SIGINT/SIGTERM finish the current step,
 save and stop. Distributed: run under ``torchrun`` (DistributedDataParallel, a DistributedSampler
 per epoch, gloo on CPU / nccl on GPU); rank 0 writes, ``--batch-size`` is per process.
 
@@ -37,6 +45,7 @@ import platform
 import random
 import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +68,9 @@ GEN_FILE = "latest_net_G.pth"
 RUN_FILE = "run.json"
 CSV_FILE = "losses.csv"
 LOSS_COLUMNS = ["G_GAN", "G_feat", "G_VGG", "G_L1", "G_total", "D_real", "D_fake"]
-CSV_COLUMNS = ["step", "epoch", "lr_G", "lr_D", *LOSS_COLUMNS, "img_per_s"]
+CSV_COLUMNS = ["step", "epoch", "lr_G", "lr_D", *LOSS_COLUMNS, "img_per_s", "run_id"]
+#: the run id of runs written before run ids existed (their files carry none)
+LEGACY_RUN_ID = "legacy"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,7 +379,7 @@ def read_losses(out: str | Path) -> list[dict[str, float]]:
     """The losses CSV of a run as a list of ``{column: float}`` (``step`` and ``epoch`` as int)."""
     rows = []
     for r in _read_csv_rows(Path(out) / CSV_FILE, 1 << 62):
-        rows.append({k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in r.items()})
+        rows.append({k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in r.items() if k != "run_id"})
     return rows
 
 
@@ -675,6 +686,8 @@ class _Run:
     pos: _Position
     autocast: Any = None
     run_info: dict[str, Any] = field(default_factory=dict)
+    run_id: str = LEGACY_RUN_ID  # drawn when the run starts; in run.json, train_state.pt and losses.csv
+    saved_step: int | None = None  # the step of the last complete checkpoint in ``out``
 
 
 def _run_info(run: _Run) -> dict[str, Any]:
@@ -682,7 +695,7 @@ def _run_info(run: _Run) -> dict[str, Any]:
     cfg, G = run.cfg, run.models.G
     H, W = run.models.hw
     return {
-        "model": cfg.model, "preset": run.models.preset, "overrides": run.models.overrides, "config": dict(G.config),
+        "run_id": run.run_id, "model": cfg.model, "preset": run.models.preset, "overrides": run.models.overrides, "config": dict(G.config),
         "resolution": [H, W], "label_nc": run.models.label_nc, "input_nc": G.input_nc, "input_kind": G.input_kind,
         "instance_edge": bool(G.instance_edge), "dataset": {"kind": cfg.dataset, "data": cfg.data,
                                                             "samples": len(run.data.dataset), "split": cfg.split},
@@ -701,11 +714,12 @@ class _LossLog:
     """losses.csv, open for appending while the run goes (rank 0; the other ranks write nothing).
 
     On entry the file is rewritten with its header and, on resume, its rows up to the checkpoint's
-    step (rows logged after the last checkpoint, and a line torn by kill -9, are dropped).
+    step (rows logged after the last checkpoint, and a line torn by kill -9, are dropped). Every row
+    carries the run id in its last column (rows of a legacy run get :data:`LEGACY_RUN_ID`).
     """
 
-    def __init__(self, path: Path, resumed_at: int | None, main: bool):
-        self.path, self.resumed_at, self.main = path, resumed_at, main
+    def __init__(self, path: Path, resumed_at: int | None, main: bool, run_id: str = LEGACY_RUN_ID):
+        self.path, self.resumed_at, self.main, self.run_id = path, resumed_at, main, run_id
         self.file = None
         self.writer = None
 
@@ -718,16 +732,16 @@ class _LossLog:
             w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
             w.writeheader()
             for r in rows:
-                w.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+                w.writerow({**{k: r.get(k, "") for k in CSV_COLUMNS}, "run_id": self.run_id})
             atomic_write_text(self.path, buf.getvalue())
             self.file = open(self.path, "a", newline="")
             self.writer = csv.DictWriter(self.file, fieldnames=CSV_COLUMNS, lineterminator="\n")
         return self
 
     def write(self, row: dict[str, Any]) -> None:
-        """Append one row and flush it."""
+        """Append one row (tagged with the run id) and flush it."""
         if self.writer is not None:
-            self.writer.writerow(row)
+            self.writer.writerow({**row, "run_id": self.run_id})
             self.file.flush()
 
     def flush(self) -> None:
@@ -773,10 +787,12 @@ class _StopOnSignal:
 def _save_checkpoint(run: _Run, log: _LossLog) -> None:
     """Write train_state.pt (with every rank's RNG states), latest_net_G.pth and run.json; flush losses.csv.
 
-    Every rank takes part (RNG states are gathered, then a barrier); rank 0 writes.
+    Every rank takes part (RNG states are gathered, then a barrier); rank 0 writes. Each file goes to a
+    temporary name first, so a full disk leaves the previous checkpoint intact: UserError naming the
+    folder and the space the checkpoint needs.
     """
     from asapbench.checkpoint import save_generator
-    from asapbench.fsutil import atomic_torch_save, atomic_write_json
+    from asapbench.fsutil import atomic_torch_save, atomic_write_json, sha256_file
 
     dist, pos, m = run.dist, run.pos, run.models
     rng = _rng_state()
@@ -787,18 +803,38 @@ def _save_checkpoint(run: _Run, log: _LossLog) -> None:
         rngs = [rng]
     if dist.main:
         state = {
-            "version": 1, "step": pos.step, "epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch,
-            "world_size": dist.world_size, "dataset_len": len(run.data.dataset), "total_steps": run.data.total,
+            "version": 1, "run_id": run.run_id, "step": pos.step, "epoch": pos.epoch,
+            "batch_in_epoch": pos.batch_in_epoch, "world_size": dist.world_size,
+            "dataset_len": len(run.data.dataset), "total_steps": run.data.total,
             "G": m.G.state_dict(), "D": m.D.state_dict(), **run.optim.state_dicts(),
             "rng": rngs, "config": dataclasses.asdict(run.cfg),
         }
-        atomic_torch_save(state, run.out / STATE_FILE)
-        save_generator(m.G, run.out / GEN_FILE)
-        atomic_write_json(run.out / RUN_FILE, {**run.run_info, "step": pos.step, "epoch": pos.epoch,
-                                               "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        log.flush()
+        try:
+            atomic_torch_save(state, run.out / STATE_FILE)
+            save_generator(m.G, run.out / GEN_FILE)
+            atomic_write_json(run.out / RUN_FILE, {**run.run_info, "step": pos.step, "epoch": pos.epoch,
+                                                   "generator_sha256": sha256_file(run.out / GEN_FILE),
+                                                   "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            log.flush()
+        except (OSError, RuntimeError) as exc:
+            _raise_if_disk_full(exc, run, state)
+            raise
+        run.saved_step = pos.step
     if dist.enabled:
         torch.distributed.barrier()
+
+
+def _raise_if_disk_full(exc: BaseException, run: _Run, state: dict[str, Any]) -> None:
+    """UserError (one line: folder, space needed, the checkpoint still there) when ``exc`` means a full disk."""
+    from asapbench.fsutil import human_bytes, is_out_of_space, tensor_nbytes
+
+    needed = tensor_nbytes(state) + tensor_nbytes(state["G"])  # the state, then the generator file
+    if not is_out_of_space(exc, run.out, needed):
+        return
+    kept = (f"the checkpoint of step {run.saved_step} is intact: after freeing space, continue with --resume"
+            if run.saved_step is not None else "no checkpoint was saved yet")
+    raise UserError(f"no space left in {str(run.out)!r} to save the checkpoint of step {run.pos.step}: it needs "
+                    f"about {human_bytes(needed)} free there; {kept}") from None
 
 
 def _save_sample(run: _Run, batch: dict[str, Any], step: _StepOut) -> None:
@@ -1007,26 +1043,122 @@ def _finish(run: _Run, log: _LossLog, stop_sig: int | None, end: _LoopEnd) -> Tr
 def _open_run(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, dict[str, Any] | None]:
     """(resolved configuration, saved state or None).
 
-    Resume: read ``train_state.pt`` and resolve ``cfg`` against the saved settings. Fresh run:
-    refuse to overwrite a run (or a generator file) in ``out`` and resolve ``cfg`` with the defaults.
+    Resume: read ``train_state.pt``, check that the run folder's files belong to that run
+    (:func:`check_run_folder`) and resolve ``cfg`` against the saved settings. Fresh run: refuse to
+    overwrite a run (or any of its files) in ``out`` and resolve ``cfg`` with the defaults.
+    Nothing is written here.
     """
+    from asapbench.checkpoint import check_finite, safe_torch_load
+
     state_path = out / STATE_FILE
     if not cfg.resume:
         if state_path.exists():
             raise UserError(f"{str(out)!r} already holds a training run; pass --resume to continue it, "
                             "or choose another --out")
-        if (out / GEN_FILE).exists():
-            raise UserError(f"{str(out)!r} already holds a {GEN_FILE} that a new run would overwrite; "
-                            "choose another --out or move that file")
+        present = [n for n in (GEN_FILE, RUN_FILE, CSV_FILE) if (out / n).exists()]
+        if present:
+            raise UserError(f"{str(out)!r} already holds {', '.join(present)} that a new run would overwrite; "
+                            "choose another --out or move those files")
         return resolve_config(cfg), None
     if not state_path.is_file():
         raise UserError(f"nothing to resume in {str(out)!r} (no {STATE_FILE}); train without --resume first")
     try:
-        saved_state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read it means a damaged file
-        raise UserError(f"cannot read {str(state_path)!r} ({type(exc).__name__}: {str(exc)[:120]}); "
-                        "the file is damaged: delete it to start over") from None
+        saved_state = safe_torch_load(state_path, "training state")
+    except UserError as exc:
+        raise UserError(f"{exc}; to keep training, restore {STATE_FILE} from a backup or train into another --out"
+                        ) from None
+    if not isinstance(saved_state, dict) or not {"config", "G", "D", "step"} <= set(saved_state):
+        raise UserError(f"{str(state_path)!r} is not a training state written by `asapbench train`; "
+                        "train into another --out")
+    check_run_folder(out, saved_state)
+    check_finite(saved_state["G"], f"{str(state_path)!r} (the generator)")
+    check_finite(saved_state["D"], f"{str(state_path)!r} (the discriminator)")
     return resolve_config(cfg, saved_state["config"]), saved_state
+
+
+def _describe(run_id: str, model: Any, step: Any) -> str:
+    return f"run {run_id}" + (f", {model}" if model else "") + (f", step {step}" if step is not None else "")
+
+
+def check_run_folder(out: Path, state: dict[str, Any]) -> None:
+    """Check, before anything is written, that run.json, losses.csv and latest_net_G.pth belong to the run
+    of ``state`` (the train_state.pt of ``out``); UserError naming the files that disagree otherwise.
+
+    Every file carries the run id drawn when the run started (the generator file, a plain state dict,
+    is tied to it through run.json's ``generator_sha256``, or by holding exactly the state's
+    generator). Runs from before run ids read as :data:`LEGACY_RUN_ID`. For every run, run.json must
+    also name the state's model and a step no later than the state's (it is written after it), and the
+    generator's tensors must have the state's names and shapes. A file that is absent agrees (a kill
+    before the first checkpoint completed leaves some out; nothing of another run can be lost).
+    """
+    from asapbench.fsutil import sha256_file
+
+    sid = str(state.get("run_id") or LEGACY_RUN_ID)
+    smodel = (state.get("config") or {}).get("model")
+    sstep = int(state.get("step", 0))
+    mine = f"{STATE_FILE} ({_describe(sid, smodel, sstep)})"
+    bad: list[str] = []
+    info: dict[str, Any] = {}
+    run_json = out / RUN_FILE
+    if run_json.exists():
+        import json
+
+        try:
+            info = json.loads(run_json.read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError):
+            info = {}
+            bad.append(f"{RUN_FILE} (unreadable)")
+        else:
+            rid = str(info.get("run_id") or LEGACY_RUN_ID)
+            step = info.get("step")
+            if rid != sid or (smodel and info.get("model") != smodel) or (isinstance(step, int) and step > sstep):
+                bad.append(f"{RUN_FILE} ({_describe(rid, info.get('model'), step)})")
+    csv_path = out / CSV_FILE
+    if csv_path.exists():
+        try:
+            text = csv_path.read_text()
+            if text and not text.endswith("\n"):
+                text = text[: text.rfind("\n") + 1]  # a line torn by kill -9 (its run id may be cut short)
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            ids = {r.get("run_id") for r in reader if r.get("run_id")} if "run_id" in (reader.fieldnames or []) \
+                else {LEGACY_RUN_ID}
+        except (OSError, UnicodeDecodeError, csv.Error):
+            ids = {"(unreadable)"}
+        if ids - {sid}:
+            bad.append(f"{CSV_FILE} (run {', '.join(sorted(ids - {sid}))})")
+    gen = out / GEN_FILE
+    if gen.exists():
+        trusted = info if not any(b.startswith(RUN_FILE) for b in bad) else {}
+        if not _generator_agrees(gen, state, trusted, sha256_file):
+            bad.append(f"{GEN_FILE} (not a generator this run saved)")
+    if bad:
+        raise UserError(f"cannot resume {str(out)!r}: its files belong to different runs: {mine} vs "
+                        f"{'; '.join(bad)}; nothing was changed: train into another --out (copy the files "
+                        "you want to keep there first)")
+
+
+def _generator_agrees(gen: Path, state: dict[str, Any], info: dict[str, Any], sha256_file) -> bool:
+    """Whether latest_net_G.pth is the one this run saved last (the state's G, or the file run.json names)."""
+    from asapbench.checkpoint import read_state_dict
+
+    G = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state["G"].items()}
+    if info.get("generator_sha256"):
+        try:
+            if sha256_file(gen) == info["generator_sha256"]:
+                return True
+        except OSError:
+            return False
+    try:
+        sd = read_state_dict(gen)
+    except UserError:
+        return False
+    if set(sd) != set(G) or any(tuple(sd[k].shape) != tuple(G[k].shape) for k in sd):
+        return False
+    if state.get("run_id") is None:
+        return True  # a legacy run: names and shapes are all there is to compare
+    return all(torch.equal(sd[k], G[k].cpu()) for k in sd)
 
 
 def train(cfg: TrainConfig, console=None) -> TrainResult:
@@ -1041,11 +1173,24 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     dist = _setup_distributed(cfg.device)
     try:
         return _train(cfg, out, saved_state, dist, console)
+    except (OSError, RuntimeError) as exc:
+        from asapbench.fsutil import is_out_of_space
+
+        if not is_out_of_space(exc):
+            raise
+        raise UserError(f"no space left in {str(out)!r} while writing the run's files ({_first_line(exc)}); "
+                        "free some space there and continue with --resume") from None
     finally:
         if dist.initialized_here:
             import torch.distributed as tdist
 
             tdist.destroy_process_group()
+
+
+def _first_line(exc: BaseException) -> str:
+    from asapbench.checkpoint import _first_line as first
+
+    return first(exc, 120) or type(exc).__name__
 
 
 def _train(cfg: TrainConfig, out: Path, saved_state, dist: _Dist, console) -> TrainResult:
@@ -1065,10 +1210,12 @@ def _train(cfg: TrainConfig, out: Path, saved_state, dist: _Dist, console) -> Tr
     pos = _restore(saved_state, cfg, out, models, optim, data, dist, say)
     _wrap_for_ddp(models, dist, device)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    run_id = str(saved_state.get("run_id") or LEGACY_RUN_ID) if saved_state is not None else uuid.uuid4().hex[:12]
     run = _Run(cfg, out, dist, device, say, console, models, data, optim, pos,
-               autocast=torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp))
+               autocast=torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp), run_id=run_id,
+               saved_step=pos.resumed_from)
     run.run_info = _run_info(run)
-    with _LossLog(out / CSV_FILE, pos.resumed_from, dist.main) as log, _StopOnSignal() as stop:
+    with _LossLog(out / CSV_FILE, pos.resumed_from, dist.main, run_id) as log, _StopOnSignal() as stop:
         H, W = models.hw
         say(f"{cfg.model}:{models.preset} at {H}x{W}, {sum(p.numel() for p in models.G.parameters()) / 1e6:.2f}M "
             f"params; D {models.num_d} scales; {cfg.dataset}: {len(data.dataset)} samples, {data.steps_per_epoch} "

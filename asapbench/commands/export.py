@@ -122,8 +122,10 @@ def export_models(
     trt_ok, trt_reason = _trt_status() if want_trt else (False, "")
     if engine == "trt" and not trt_ok:
         raise UserError(f"--engine trt: {trt_reason} (or use --engine onnx)")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise UserError(f"checkpoint file not found: {str(checkpoint)!r}; pass the path of an existing .pth file")
+    if checkpoint is not None:  # a file, or a run folder with a latest_net_G.pth (UserError otherwise)
+        from asapbench.checkpoint import resolve_checkpoint_path
+
+        checkpoint = str(resolve_checkpoint_path(checkpoint))
     if parity_labels is not None:
         from asapbench.inputs import label_map_files
 

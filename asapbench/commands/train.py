@@ -6,7 +6,7 @@ Runs under ``torchrun --nproc-per-node N -m asapbench train ...`` for data-paral
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -26,6 +26,15 @@ class PreprocessMode(str, Enum):
     none = "none"
 
 
+def _d(text: str, default: str) -> str:
+    """``text`` with the default the run gets when the option is left out, as Typer shows defaults.
+
+    The options themselves default to None (on --resume: the saved run's value), so Typer cannot
+    show these itself; ``\\[`` keeps rich from reading the brackets as markup.
+    """
+    return f"{text} \\[default: {default}]"
+
+
 def train_command(**kwargs):
     """Run training from CLI-style keyword arguments (see :class:`asapbench.train.TrainConfig`)."""
     from asapbench.train import TrainConfig, train
@@ -39,42 +48,45 @@ def register(app) -> None:
 
     @app.command("train", no_args_is_help=True)
     def train_cli(
-        model: Annotated[str | None, typer.Option(help="generator name (see `asapbench models`): asapnet, pix2pixhd, spade, ...")] = None,
-        dataset: Annotated[DatasetKind | None, typer.Option(help="dataset format")] = None,
-        out: Annotated[str | None, typer.Option(help="run folder (checkpoints, losses.csv, samples), e.g. runs/NAME")] = None,
-        data: Annotated[str | None, typer.Option(help="dataset folder (for synthetic: where the generated set is cached)")] = None,
-        preset: Annotated[str | None, typer.Option(help="model preset (default: the model's, or the one --res implies)")] = None,
-        res: Annotated[str | None, typer.Option(help="training size HxW, e.g. 256x512 (default: the preset's)")] = None,
-        epochs: Annotated[int | None, typer.Option(help="epochs (default 300, the paper's)")] = None,
-        steps: Annotated[int | None, typer.Option(help="optimisation steps (instead of --epochs)")] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", help="batch per process [default: 1]")] = None,
-        amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="mixed precision (fp16 + grad scaling on CUDA, bf16 on CPU)")] = None,
-        save_every: Annotated[int | None, typer.Option(help="checkpoint every N steps [default: 1000]")] = None,
-        sample_every: Annotated[int | None, typer.Option(help="sample grid PNG every N steps [default: 500]")] = None,
-        resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")] = False,
-        vgg_weights: Annotated[str | None, typer.Option(help="torchvision vgg19 state-dict file for the perceptual loss")] = None,
-        label_nc: Annotated[int | None, typer.Option(help="number of labels (folder data; overrides a dataset's own)")] = None,
-        seed: Annotated[int | None, typer.Option(help="random seed [default: 0]")] = None,
-        n_scales_d: Annotated[int | None, typer.Option(help="discriminator scales (default: 2, 3 from 1024 px)")] = None,
-        lambda_feat: Annotated[float | None, typer.Option(help="feature-matching weight [default: 10]")] = None,
-        lambda_vgg: Annotated[float | None, typer.Option(help="VGG perceptual weight [default: 10]")] = None,
-        lambda_l1: Annotated[float | None, typer.Option(help="extra L1 reconstruction weight (not in the paper) [default: 0]")] = None,
-        lr_g: Annotated[float | None, typer.Option(help="generator lr [default: 1e-4]")] = None,
-        lr_d: Annotated[float | None, typer.Option(help="discriminator lr [default: 4e-4]")] = None,
-        decay_fraction: Annotated[float | None, typer.Option(help="last fraction of steps with linear lr decay [default: 1/3]")] = None,
-        d_spectral: Annotated[bool | None, typer.Option("--d-spectral/--no-d-spectral", help="spectral norm in D (official spectralinstance) [default: on]")] = None,
-        ndf: Annotated[int | None, typer.Option(help="discriminator width [default: 64, the paper's]")] = None,
-        preprocess: Annotated[PreprocessMode | None, typer.Option(help="resize/crop mode [default: fixed]")] = None,
-        load_size: Annotated[str | None, typer.Option(help="HxW before cropping (resize_and_crop, scale_width_and_crop)")] = None,
-        flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="random horizontal flips [default: on]")] = None,
-        split: Annotated[str | None, typer.Option(help="dataset split [default: train]")] = None,
-        synthetic_size: Annotated[int | None, typer.Option(help="samples in the synthetic set [default: 100]")] = None,
-        workers: Annotated[int | None, typer.Option(help="data-loader worker processes [default: 0]")] = None,
-        device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if available)")] = None,
-        stop_after: Annotated[int | None, typer.Option(help="stop with a checkpoint after N steps in this process (time-boxed jobs); continue with --resume")] = None,
-        progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="show the progress bar")] = None,
+        model: Annotated[Optional[str], typer.Option("--model", "-m", help="Registered generator to train (see `asapbench models --tiny`): asapnet, pix2pixhd, spade, ...; required for a new run.")] = None,
+        dataset: Annotated[Optional[DatasetKind], typer.Option("--dataset", help="Dataset format; required for a new run.")] = None,
+        out: Annotated[Optional[str], typer.Option("--out", "-o", help="Run folder for checkpoints, losses.csv and samples, e.g. runs/NAME; required.")] = None,
+        data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder (synthetic: where the generated set is cached; default: generated in memory).")] = None,
+        preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Model preset (default: the model's, or the one --res implies).")] = None,
+        res: Annotated[Optional[str], typer.Option("--res", "-r", help="Training size in pixels, HxW such as 256x512 (default: the preset's).")] = None,
+        epochs: Annotated[Optional[int], typer.Option("--epochs", help=_d("Epochs, the paper's 300 unless --steps is given.", "300"))] = None,
+        steps: Annotated[Optional[int], typer.Option("--steps", help="Optimisation steps, instead of --epochs.")] = None,
+        batch_size: Annotated[Optional[int], typer.Option("--batch-size", help=_d("Images per step and process.", "1"))] = None,
+        amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help=_d("Mixed precision: fp16 with gradient scaling on CUDA, bf16 on the CPU.", "no-amp"))] = None,
+        save_every: Annotated[Optional[int], typer.Option("--save-every", help=_d("Checkpoint every N steps (and at the end).", "1000"))] = None,
+        sample_every: Annotated[Optional[int], typer.Option("--sample-every", help=_d("Sample grid PNG every N steps.", "500"))] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint; options left out keep the saved run's values.")] = False,
+        vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="File of torchvision's vgg19 state dict, for the VGG perceptual loss (default: none, the loss is left out).")] = None,
+        label_nc: Annotated[Optional[int], typer.Option("--label-nc", help="Number of labels (folder data; overrides a dataset's own).")] = None,
+        seed: Annotated[Optional[int], typer.Option("--seed", help=_d("Random seed of initialisation, data order and augmentation.", "0"))] = None,
+        n_scales_d: Annotated[Optional[int], typer.Option("--n-scales-d", help="Discriminator scales (default: 2, or 3 from 1024 pixels).")] = None,
+        lambda_feat: Annotated[Optional[float], typer.Option("--lambda-feat", help=_d("Feature-matching loss weight.", "10"))] = None,
+        lambda_vgg: Annotated[Optional[float], typer.Option("--lambda-vgg", help=_d("VGG perceptual loss weight (needs --vgg-weights).", "10"))] = None,
+        lambda_l1: Annotated[Optional[float], typer.Option("--lambda-l1", help=_d("Extra L1 reconstruction weight (not in the paper).", "0"))] = None,
+        lr_g: Annotated[Optional[float], typer.Option("--lr-g", help=_d("Generator learning rate.", "0.0001"))] = None,
+        lr_d: Annotated[Optional[float], typer.Option("--lr-d", help=_d("Discriminator learning rate.", "0.0004"))] = None,
+        decay_fraction: Annotated[Optional[float], typer.Option("--decay-fraction", help=_d("Last fraction of the steps over which the learning rates decay linearly to 0.", "1/3"))] = None,
+        d_spectral: Annotated[Optional[bool], typer.Option("--d-spectral/--no-d-spectral", help=_d("Spectral norm in the discriminator (the official spectralinstance).", "d-spectral"))] = None,
+        ndf: Annotated[Optional[int], typer.Option("--ndf", help=_d("Discriminator width in channels (the paper's 64).", "64"))] = None,
+        preprocess: Annotated[Optional[PreprocessMode], typer.Option("--preprocess", help=_d("Resize and crop mode.", "fixed"))] = None,
+        load_size: Annotated[Optional[str], typer.Option("--load-size", help="Size in pixels, HxW, before cropping (resize_and_crop, scale_width_and_crop).")] = None,
+        flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help=_d("Random horizontal flips.", "flip"))] = None,
+        split: Annotated[Optional[str], typer.Option("--split", help=_d("Dataset split.", "train"))] = None,
+        synthetic_size: Annotated[Optional[int], typer.Option("--synthetic-size", help=_d("Samples in the synthetic set.", "100"))] = None,
+        workers: Annotated[Optional[int], typer.Option("--workers", help=_d("Data-loader worker processes (0: load in the training process).", "0"))] = None,
+        device: Annotated[Optional[str], typer.Option("--device", "-d", help="Device: cpu, cuda or cuda:N (default: cuda if available, else cpu).")] = None,
+        stop_after: Annotated[Optional[int], typer.Option("--stop-after", help="Stop with a checkpoint after N steps in this process (time-boxed jobs); continue with --resume.")] = None,
+        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help=_d("Progress bar on stderr.", "progress"))] = None,
     ) -> None:
-        """Train a generator (GAN: multi-scale PatchGAN, hinge, feature matching, VGG) on a dataset."""
+        """Train a generator (GAN: multi-scale PatchGAN, hinge, feature matching, VGG) on a dataset.
+
+        Defaults are the paper's recipe; with --resume, options left out keep the saved run's values.
+        """
         res_ = train_command(
             model=model, dataset=dataset, out=out, data=data, preset=preset, res=res, epochs=epochs, steps=steps,
             batch_size=batch_size, amp=amp, save_every=save_every, sample_every=sample_every, resume=resume,
