@@ -269,9 +269,14 @@ def parse_layer_info(text: str, network_types: Mapping[str, str]) -> list[dict[s
         if m:
             name, kind = m.group(1), m.group(2).strip()
             ins = re.search(r"Inputs: \[(.*?)\], (?:Constants|Outputs)", line)
+            consts = re.search(r"Constants: \[(.*?)\], Outputs", line)
             outs = re.search(r"Outputs: \[(.*?)\], (?:TacticName|StreamId|Metadata)", line)
             dts = re.findall(r"Datatype: (\w+)", ins.group(1)) if ins else []
             dts = dts or (re.findall(r"Datatype: (\w+)", outs.group(1)) if outs else [])
+            # a fused convolution's own precision is its weights' (4-D/5-D constants); its inputs may
+            # include fp32 tensors of the fused element-wise ops
+            weights = [dt for dims, dt in re.findall(r"Dimensions: \[([\d,]*)\][^}]*?Datatype: (\w+)",
+                                                     consts.group(1) if consts else "") if dims.count(",") in (3, 4)]
             onnx_layers = re.findall(r"\[ONNX Layer: ([^\]]*)\]", line)
         else:
             m = re.match(r"Layer\((\w+)\): (.*?), Tactic: [^,]*, (.*)$", line)
@@ -279,6 +284,7 @@ def parse_layer_info(text: str, network_types: Mapping[str, str]) -> list[dict[s
                 continue
             kind, name, io = m.group(1), m.group(2), m.group(3)
             dts = re.findall(r"\((\w+)\[", io.split("->")[0])
+            weights = []
             onnx_layers = [n.strip() for n in re.split(r"\s\+\s", name)]
         types = {network_types.get(n, "") for n in onnx_layers}
         category = "other"
@@ -286,6 +292,8 @@ def parse_layer_info(text: str, network_types: Mapping[str, str]) -> list[dict[s
             if types & set(wanted) and (cat == "normalization" or kind.lower() not in _DATA_KINDS):
                 category = cat
                 break
+        if category == "convolution" and weights:
+            dts = weights
         out.append({"name": name, "kind": kind, "category": category,
                     "precision": _dtype_name(dts[0]) if dts else "none", "onnx_layers": onnx_layers})
     return out
@@ -557,6 +565,9 @@ def build_engine(
         "layer_precisions": counts,
         "layer_precisions_text": format_precisions(counts),
         "layers_built": len(layers),
+        # the built compute layers: [name, kind, category, precision, [ONNX nodes]]
+        "compute_layers": [[la["name"], la["kind"], la["category"], la["precision"], la["onnx_layers"]]
+                           for la in layers if la["category"] != "other"],
         "executed": False,
         "note": (NOT_RUN_NOTE if not F.gpu_visible()[0] else "built here; not executed by the build")
         + ("; TensorRT-RTX compiles its kernels just in time on the target GPU at first inference"
