@@ -249,6 +249,9 @@ _DT = {"half": "half", "float": "float", "bfloat16": "bf16", "int8": "int8", "fp
        "int64": "int64", "bool": "bool", "float16": "half", "float32": "float"}
 
 
+_FLOATS = {"half", "float", "bf16", "fp8"}
+
+
 def _dtype_name(s: str) -> str:
     return _DT.get(s.strip().lower(), s.strip().lower())
 
@@ -272,7 +275,7 @@ def parse_layer_info(text: str, network_types: Mapping[str, str]) -> list[dict[s
             consts = re.search(r"Constants: \[(.*?)\], Outputs", line)
             outs = re.search(r"Outputs: \[(.*?)\], (?:TacticName|StreamId|Metadata)", line)
             dts = re.findall(r"Datatype: (\w+)", ins.group(1)) if ins else []
-            dts = dts or (re.findall(r"Datatype: (\w+)", outs.group(1)) if outs else [])
+            odts = re.findall(r"Datatype: (\w+)", outs.group(1)) if outs else []
             # a fused convolution's own precision is its weights' (4-D/5-D constants); its inputs may
             # include fp32 tensors of the fused element-wise ops
             weights = [dt for dims, dt in re.findall(r"Dimensions: \[([\d,]*)\][^}]*?Datatype: (\w+)",
@@ -284,18 +287,28 @@ def parse_layer_info(text: str, network_types: Mapping[str, str]) -> list[dict[s
                 continue
             kind, name, io = m.group(1), m.group(2), m.group(3)
             dts = re.findall(r"\((\w+)\[", io.split("->")[0])
+            odts = re.findall(r"\((\w+)\[", io.split("->")[-1])
             weights = []
             onnx_layers = [n.strip() for n in re.split(r"\s\+\s", name)]
         types = {network_types.get(n, "") for n in onnx_layers}
+        fin = [d for d in dts if _dtype_name(d) in _FLOATS]
+        fout = [d for d in odts if _dtype_name(d) in _FLOATS]
         category = "other"
-        for cat, wanted in _CATEGORIES:
-            if types & set(wanted) and (cat == "normalization" or kind.lower() not in _DATA_KINDS):
-                category = cat
-                break
+        if fin or fout:  # layers that only move indices or shapes (int32/int64) compute nothing in float
+            for cat, wanted in _CATEGORIES:
+                if types & set(wanted) and (cat == "normalization" or kind.lower() not in _DATA_KINDS):
+                    category = cat
+                    break
         if category == "convolution" and weights:
-            dts = weights
+            prec = weights[0]  # a fused convolution runs in its weights' precision
+        elif category == "normalization":
+            # strongly typed: a normalisation's output type is its compute type; casts fused in front of it
+            # (a half input cast to float before the mean) show up as a different input type
+            prec = (fout or fin)[0]
+        else:
+            prec = (fin or dts or fout or odts or ["none"])[0]
         out.append({"name": name, "kind": kind, "category": category,
-                    "precision": _dtype_name(dts[0]) if dts else "none", "onnx_layers": onnx_layers})
+                    "precision": _dtype_name(prec), "onnx_layers": onnx_layers})
     return out
 
 

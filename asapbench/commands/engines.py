@@ -203,8 +203,11 @@ def _markdown(rows: list[dict], env: dict) -> str:
         "Columns: *parse* -- the ONNX parser's verdict; *build s* -- `build_serialized_network` alone; *peak RSS* -- "
         "the build process's peak resident memory (`ru_maxrss`: Python, torch and TensorRT-RTX included, one process "
         "per engine); *conv / matmul / norm* -- built layers per category and the precision they run in, read from the "
-        "builder's layer information (`ProfilingVerbosity.DETAILED`, verbose build log; a fused convolution counts in "
-        "its weights' precision); *layers* -- built layers in all.",
+        "builder's layer information (`ProfilingVerbosity.DETAILED`, verbose build log, no GPU needed). These count "
+        "*built* layers (kernels), not ONNX nodes: one InstanceNorm can become several reduction kernels at large "
+        "sizes. A fused convolution counts in its weights' precision, a normalisation kernel in its output type "
+        "(casts fused in front of it show as a half input), kernels that only move integer indices are left out; "
+        "*layers* -- built layers in all. fp32 engines allow TF32 (TensorRT's default).",
         "",
         "The ONNX files were exported with `--no-check` (the parity gate against PyTorch was skipped to keep the "
         "2048x2048 exports within this machine's time and memory); parity of these exporters is covered by "
@@ -216,7 +219,7 @@ def _markdown(rows: list[dict], env: dict) -> str:
         "## Environment",
         "",
     ]
-    for k in ("timestamp", "command", "git_sha", "cpu_model", "cpu_count", "ram_gib", "platform", "python", "torch",
+    for k in ("timestamp", "command", "git_sha", "cpu_model", "cpu_count", "ram_gib", "platform", "python", "torch_version",
               "onnx_version", "tensorrt_flavour_version", "nvidia_driver", "gpu_visible"):
         if k in env:
             lines.append(f"- {k}: {env[k]}")
