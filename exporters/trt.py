@@ -250,6 +250,7 @@ _DT = {"half": "half", "float": "float", "bfloat16": "bf16", "int8": "int8", "fp
 
 
 _FLOATS = {"half", "float", "bf16", "fp8"}
+_WIDTH = {"fp8": 0, "half": 1, "bf16": 1, "float": 2}
 
 
 def _dtype_name(s: str) -> str:
@@ -302,9 +303,11 @@ def parse_layer_info(text: str, network_types: Mapping[str, str]) -> list[dict[s
         if category == "convolution" and weights:
             prec = weights[0]  # a fused convolution runs in its weights' precision
         elif category == "normalization":
-            # strongly typed: a normalisation's output type is its compute type; casts fused in front of it
-            # (a half input cast to float before the mean) show up as a different input type
-            prec = (fout or fin)[0]
+            # strongly typed: a normalisation's input and output share its compute type. A Cast of the graph
+            # fused into the same kernel (half -> float before the mean, float -> half after the scale) adds
+            # the other type: the normalisation itself is then the wider of the two
+            fl = [_dtype_name(d) for d in fin + fout]
+            prec = max(fl, key=_WIDTH.get) if "CAST" in types else (fout or fin)[0]
         else:
             prec = (fin or dts or fout or odts or ["none"])[0]
         out.append({"name": name, "kind": kind, "category": category,

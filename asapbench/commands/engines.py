@@ -205,8 +205,9 @@ def _markdown(rows: list[dict], env: dict) -> str:
         "per engine); *conv / matmul / norm* -- built layers per category and the precision they run in, read from the "
         "builder's layer information (`ProfilingVerbosity.DETAILED`, verbose build log, no GPU needed). These count "
         "*built* layers (kernels), not ONNX nodes: one InstanceNorm can become several reduction kernels at large "
-        "sizes. A fused convolution counts in its weights' precision, a normalisation kernel in its output type "
-        "(casts fused in front of it show as a half input), kernels that only move integer indices are left out; "
+        "sizes. A fused convolution counts in its weights' precision; a normalisation kernel in its output type, or, "
+        "when a Cast of the graph is fused into it (half to float before the mean, float to half after the scale), "
+        "in the wider type; kernels that only move integer indices are left out; "
         "*layers* -- built layers in all. fp32 engines allow TF32 (TensorRT's default).",
         "",
         "The ONNX files were exported with `--no-check` (the parity gate against PyTorch was skipped to keep the "
