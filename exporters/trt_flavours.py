@@ -222,7 +222,8 @@ def describe(f: Flavour) -> str:
 # --------------------------------------------------------------------------------------------
 def parse_targets(text: str | Sequence[Any] | None) -> list[int] | None:
     """``"86,89,120"`` / ``"8.6, 8.9, 12.0"`` / ``"sm_86"`` -> ``[86, 89, 120]`` (sorted, unique);
-    None or empty -> None (the flavour's default). UserError on anything else."""
+    ``"current"`` -> this machine's GPU; None or empty -> None (the flavour's default). UserError on
+    anything else."""
     if text is None:
         return None
     items: list[str] = []
@@ -233,6 +234,12 @@ def parse_targets(text: str | Sequence[Any] | None) -> list[int] | None:
         return None
     out = set()
     for p in items:
+        if p.lower() == "current":  # this machine's GPU
+            sm = current_sm()
+            if sm is None:
+                raise UserError(f"--target-sm current: no GPU is visible here ({gpu_visible()[1]}); name the targets, e.g. 86,89,120")
+            out.add(sm)
+            continue
         m = re.fullmatch(r"(?:sm[_-]?)?(\d{1,2})\.(\d)|(?:sm[_-]?)?(\d{2,3})", p.lower())
         if not m:
             raise UserError(f"--target-sm {text if isinstance(text, str) else ','.join(map(str, text))!r} is not a list of "

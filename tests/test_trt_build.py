@@ -63,6 +63,9 @@ def test_target_lists_parse_or_fail_in_one_line():
     assert F.parse_targets("8.6, 8.9,12.0") == [86, 89, 120]
     assert F.parse_targets(["sm_120", "86", "86"]) == [86, 120]
     assert F.parse_targets(None) is None and F.parse_targets("") is None
+    if not _gpu:
+        with pytest.raises(UserError, match="--target-sm current: no GPU"):
+            F.parse_targets("current")
     for bad in ("abc", "86;89", "8.6.1", "86,x", "-86"):
         with pytest.raises(UserError, match="not a list of compute capabilities") as e:
             F.parse_targets(bad)
