@@ -405,3 +405,27 @@ def test_engine_for_other_targets_is_refused_on_this_gpu(tmp_path):
     r = build_engine(onnx_path, tmp_path, flavour="rtx", targets=other)
     with pytest.raises(UserError, match="do not include this GPU's SM"):
         TrtRunner(r.engine_path)
+
+
+@needs_rtx
+def test_engines_report_builds_in_child_processes_and_says_nothing_ran(tiny_onnx, tmp_path):
+    from asapbench.commands.engines import build_report
+
+    junk = tmp_path / "onnx" / "junk.onnx"
+    junk.parent.mkdir()
+    junk.write_bytes(b"not an onnx file")
+    good = tiny_onnx[("asapnet-tiny", "fp16")]
+    rows = build_report([str(good), str(junk)], out=tmp_path / "rep", work=tmp_path / "eng", trt="rtx",
+                        target_sm="86,89,120", keep_engines=False, log=lambda s: None)
+    ok, bad = rows
+    assert ok["status"] == "built, not executed" and ok["parse"] == "ok" and ok["peak_rss_mb"] > 50
+    assert ok["engine_mb"] > 0 and ok["build_s"] > 0 and ok["norm"].endswith("float") and "half" in ok["conv"]
+    assert bad["parse"] == "FAILED" and bad["status"].startswith("FAILED")
+    assert not list((tmp_path / "eng").glob("*.engine"))  # --no-keep-engines
+    md = (tmp_path / "rep" / "build.md").read_text()
+    assert "No engine was executed" in md and "TensorRT-RTX" in md and "| asapnet-tiny |" in md
+    side = json.loads((tmp_path / "rep" / "build.json").read_text())
+    assert side["environment"]["tensorrt_flavour"] == "rtx" and len(side["rows"]) == 2
+    assert (tmp_path / "rep" / "build.csv").read_text().startswith("model,preset,resolution,precision,parse,build_s")
+    with pytest.raises(UserError, match="neither an .onnx file nor a folder"):
+        build_report([str(tmp_path / "nope.txt")], out=tmp_path / "rep")

@@ -104,7 +104,7 @@ def build_report(
             "flavour": f.name,
             "trt": F.describe(f),
             "targets": targets,
-            "parse": "FAILED" if err and "cannot parse" in err else "ok",
+            "parse": "FAILED" if err and ("cannot parse" in err or "not a valid ONNX" in err) else "ok",
             "build_s": side.get("build_seconds"),
             "parse_s": side.get("parse_seconds"),
             "peak_rss_mb": res.get("peak_rss_mb"),
