@@ -73,11 +73,13 @@ def build_report(
     target_sm: str | None = None,
     workspace_gb: float = 8.0,
     keep_engines: bool = True,
+    notes: Sequence[str] = (),
     log=print,
 ) -> list[dict[str, Any]]:
     """Build an engine for every ONNX in ``onnx`` (files or folders), each in its own process, and
     write ``build.json``/``build.csv``/``build.md`` under ``out`` (rows of earlier runs for other files
-    are kept: the report grows run by run). Returns the rows of this run."""
+    are kept: the report grows run by run; so are earlier ``notes``, with ``notes`` added). Returns the
+    rows of this run."""
     from asapbench.fsutil import (
         atomic_write_json,
         atomic_write_text,
@@ -124,7 +126,7 @@ def build_report(
         if not keep_engines and res.get("engine"):
             for p in (Path(res["engine"]), Path(res["engine"] + ".json")):
                 p.unlink(missing_ok=True)
-        _write(out_dir, rows, f, targets, atomic_write_json, atomic_write_text)
+        _write(out_dir, rows, f, targets, atomic_write_json, atomic_write_text, notes)
     return rows
 
 
@@ -149,12 +151,15 @@ def _environment(f, targets) -> dict[str, Any]:
     return env
 
 
-def _write(out_dir: Path, new_rows: list[dict], f, targets, atomic_write_json, atomic_write_text) -> None:
+def _write(out_dir: Path, new_rows: list[dict], f, targets, atomic_write_json, atomic_write_text,
+           notes: Sequence[str] = ()) -> None:
     path = out_dir / "build.json"
     try:
-        old = json.loads(path.read_text()).get("rows", [])
+        prev = json.loads(path.read_text())
+        old, old_notes = prev.get("rows", []), prev.get("notes", [])
     except (OSError, ValueError, AttributeError):
-        old = []
+        old, old_notes = [], []
+    all_notes = list(dict.fromkeys([*old_notes, *notes]))
     ident = {(r["onnx"], tuple(r["targets"]), r["trt"]) for r in new_rows}
     rows = [r for r in old if (r.get("onnx"), tuple(r.get("targets") or ()), r.get("trt")) not in ident] + new_rows
     rank = {m: i for i, m in enumerate(MODEL_ORDER)}
@@ -165,7 +170,7 @@ def _write(out_dir: Path, new_rows: list[dict], f, targets, atomic_write_json, a
 
     rows.sort(key=order)
     env = _environment(f, targets)
-    atomic_write_json(path, {"environment": env, "rows": rows})
+    atomic_write_json(path, {"environment": env, "notes": all_notes, "rows": rows})
     buf = io.StringIO()
     w = csv.writer(buf)
     cols = (*COLUMNS, "onnx", "onnx_mb", "parity", "trt", "targets", "workspace_gb", "wall_s")
@@ -173,10 +178,10 @@ def _write(out_dir: Path, new_rows: list[dict], f, targets, atomic_write_json, a
     for r in rows:
         w.writerow([",".join(map(str, r[c])) if c == "targets" else r.get(c) for c in cols])
     atomic_write_text(out_dir / "build.csv", buf.getvalue())
-    atomic_write_text(out_dir / "build.md", _markdown(rows, env))
+    atomic_write_text(out_dir / "build.md", _markdown(rows, env, all_notes))
 
 
-def _markdown(rows: list[dict], env: dict) -> str:
+def _markdown(rows: list[dict], env: dict, notes: Sequence[str] = ()) -> str:
     built = sum(1 for r in rows if r["status"].startswith("built"))
     lines = [
         "# TensorRT engine builds (no GPU)",
@@ -217,6 +222,7 @@ def _markdown(rows: list[dict], env: dict) -> str:
         "",
         f"Missing cells (model x resolution x precision with no row): {', '.join(missing) if missing else 'none'}.",
         "",
+        *([ "## Notes", "", *[f"- {n}" for n in notes], ""] if notes else []),
         "## Environment",
         "",
     ]
@@ -239,9 +245,10 @@ def register(app) -> None:
         out: Annotated[str, typer.Option("--out", "-o", help="Report folder (build.json, build.csv, build.md).")] = "results/trt-build",
         work: Annotated[str | None, typer.Option("--work", help="Engine folder (default: <first ONNX folder>/engines).")] = None,
         keep_engines: Annotated[bool, typer.Option("--keep-engines/--no-keep-engines", help="Keep the built engines (they are large).")] = True,
+        note: Annotated[list[str] | None, typer.Option("--note", help="A line for the report's notes (e.g. why a cell is missing); repeatable, kept across runs.")] = None,
     ) -> None:
         """Build TensorRT engines for ONNX files, one process each, and report parse/build/memory/precisions."""
         if workspace_gb <= 0:
             raise UserError(f"--workspace-gb must be positive, got {workspace_gb}")
         build_report(onnx, out=out, work=work, trt=trt, target_sm=target_sm, workspace_gb=workspace_gb,
-                     keep_engines=keep_engines)
+                     keep_engines=keep_engines, notes=note or ())
