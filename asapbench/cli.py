@@ -23,9 +23,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from asapbench.commands import export, models_info, run, train
+    from asapbench.commands import engines, export, models_info, run, train
 
-    for mod in (models_info, train, export, run):
+    for mod in (models_info, train, export, engines, run):
         mod.register(app)
 
 

@@ -131,25 +131,31 @@ def test_profiles_static_and_dynamic():
 
 
 def test_status_says_what_is_missing_and_how_to_get_it():
+    from exporters import trt_flavours as F
+
     ok, reason = trt_status()
     if ok:
         pytest.skip(f"TensorRT is usable here: {reason}")
+    installed = [f for f in (F.TENSORRT, F.RTX) if F.probe(f.name)[0] is not None]
     assert "pip install 'asapbench[trt]'" in reason and "NVIDIA GPU" in reason
-    try:
-        import tensorrt  # noqa: F401
-
-        has_trt = True
-    except Exception:
-        has_trt = False
-    assert ("'tensorrt' is not importable" in reason) == (not has_trt)
+    if not installed:
+        assert "'tensorrt' is not importable" in reason and "asapbench[trt-rtx]" in reason
+    else:  # installed but no GPU: names the flavour, and that engines can still be built where it builds without one
+        assert installed[0].label in reason and "no CUDA GPU" in reason
+        assert ("can still be built here" in reason) == installed[0].gpu_free_build
     assert ("no CUDA GPU" in reason) == (not torch.cuda.is_available())
 
 
 def test_engine_functions_refuse_cleanly_without_tensorrt(tmp_path):
-    if trt_status()[0]:
-        pytest.skip("TensorRT is usable here")
+    from exporters import trt_flavours as F
     from exporters.trt import TrtRunner, build_engine
 
+    if any(F.probe(f)[0] is not None for f in F.FLAVOURS):
+        with pytest.raises(UserError, match="ONNX file not found"):
+            build_engine(tmp_path / "m.onnx")
+        with pytest.raises(UserError, match="engine file not found"):
+            TrtRunner(tmp_path / "m.engine")
+        return
     with pytest.raises(UserError, match="asapbench\\[trt\\]"):
         build_engine(tmp_path / "m.onnx")
     with pytest.raises(UserError, match="asapbench\\[trt\\]"):

@@ -23,6 +23,12 @@ class Engine(str, Enum):
     all = "all"
 
 
+class TrtFlavour(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    rtx = "rtx"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
@@ -74,10 +80,23 @@ def _build_models(
 
 
 @functools.lru_cache(maxsize=8)
-def _trt_status() -> tuple[bool, str]:
-    from exporters.trt import trt_status
+def _trt_status(flavour: str = "auto") -> tuple[bool, str]:
+    """(engines can be *built* here with this --trt choice, reason)."""
+    from exporters.trt import build_status
 
-    return trt_status()
+    return build_status(flavour)
+
+
+def _trt_plan(flavour: str, target_sm: Any) -> tuple[Any, list[int]]:
+    """(Flavour, checked target list) for --trt / --target-sm, before any work (UserError otherwise)."""
+    from exporters import trt_flavours as F
+
+    targets = F.parse_targets(target_sm) if target_sm is not None else None
+    f = F.resolve_flavour(flavour)
+    ok, reason = _trt_status(f.name)
+    if not ok:
+        raise UserError(reason)
+    return f, F.resolve_targets(f, targets, F.load(f))
 
 
 def export_models(
@@ -91,18 +110,22 @@ def export_models(
     out: str | Path = DEFAULT_OUT,
     check: bool = True,
     seed: int = 0,
-    workspace_gb: float = 4.0,
+    workspace_gb: float = 8.0,
     batch: int = 1,
     opset: int | None = None,
     reuse: bool = True,
     log: Callable[[str], None] = print,
     progress: Callable[[str], None] | None = None,
     parity_labels: str | Path | None = None,
+    trt: str = "auto",
+    target_sm: str | Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Export ``model`` at every resolution in ``res``; returns one record per ONNX file / engine.
 
-    ``engine``: ``onnx`` (ONNX only), ``trt`` (ONNX + TensorRT engines; UserError when TensorRT or a GPU
-    is missing) or ``all`` (ONNX, and engines where TensorRT can run: otherwise says why they were skipped).
+    ``engine``: ``onnx`` (ONNX only), ``trt`` (ONNX + TensorRT engines; UserError when no TensorRT flavour
+    can build here) or ``all`` (ONNX, and engines where a TensorRT flavour can build: otherwise says why
+    they were skipped). ``trt``: ``auto``, ``tensorrt`` (enterprise; builds on this GPU) or ``rtx``
+    (TensorRT for RTX; builds without a GPU for ``target_sm``, default 86,89,120).
     """
     from asapbench.fsutil import ensure_writable_dir
     from asapbench.resolution import format_resolution, parse_resolutions
@@ -119,9 +142,18 @@ def export_models(
         raise UserError(f"--workspace-gb must be positive, got {workspace_gb}")
     resolutions = parse_resolutions(res)
     want_trt = engine in ("trt", "all")
-    trt_ok, trt_reason = _trt_status() if want_trt else (False, "")
-    if engine == "trt" and not trt_ok:
-        raise UserError(f"--engine trt: {trt_reason} (or use --engine onnx)")
+    trt = trt.value if isinstance(trt, Enum) else str(trt)
+    trt_ok, trt_reason, flavour, trt_targets = False, "", None, None
+    if engine == "onnx" and target_sm is not None:
+        raise UserError("--target-sm applies to TensorRT engines; add --engine trt")
+    if want_trt:
+        try:
+            flavour, trt_targets = _trt_plan(trt, target_sm)
+            trt_ok = True
+        except UserError as exc:
+            if engine == "trt" or target_sm is not None or trt != "auto":
+                raise UserError(str(exc) if str(exc).startswith("--") else f"--engine {engine}: {exc}") from None
+            trt_reason = str(exc)
     if checkpoint is not None:  # a file, or a run folder with a latest_net_G.pth (UserError otherwise)
         from asapbench.checkpoint import resolve_checkpoint_path
 
@@ -169,7 +201,7 @@ def export_models(
                 if dynamic:
                     shapes = {s["input"]["name"]: dynamic_profile(g.input_nc, rs, batch)}
                 e = build_engine(r.onnx_path, out_dir, workspace_gb=workspace_gb, dynamic_shapes=shapes,
-                                 reuse=reuse, progress=progress)
+                                 reuse=reuse, progress=progress, flavour=flavour, targets=trt_targets)
                 erec = {
                     "kind": "trt",
                     "path": str(e.engine_path),
@@ -182,6 +214,12 @@ def export_models(
                     "reused": e.reused,
                     "mb": round(e.sidecar["engine_bytes"] / 2**20, 2),
                     "build_s": e.sidecar["build_seconds"],
+                    "flavour": e.flavour,
+                    "trt": e.label,
+                    "targets": e.targets,
+                    "layer_precisions": e.sidecar.get("layer_precisions_text"),
+                    "executed": e.sidecar.get("executed", False),
+                    "note": e.sidecar.get("note", ""),
                 }
                 records.append(erec)
                 log(_describe(erec))
@@ -194,7 +232,8 @@ def export_models(
 def _describe(rec: dict[str, Any]) -> str:
     state = "reused" if rec.get("reused") else "wrote"
     if rec["kind"] == "trt":
-        return f"{state} {rec['path']} ({rec['mb']} MB, built in {rec['build_s']} s)"
+        return (f"{state} {rec['path']} ({rec['mb']} MB, {rec.get('trt', 'TensorRT')}, built in {rec['build_s']} s; "
+                f"layers: {rec.get('layer_precisions') or '?'}; {rec.get('note') or 'not executed'})")
     par = rec["parity"]
     if rec.get("max_abs_err") is not None:
         par += f": max |err| {rec['max_abs_err']:.2e}, PSNR {rec['psnr_db']:.1f} dB, output std {rec['output_std']:.2f}"
@@ -216,7 +255,9 @@ def register(app) -> None:
         out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
         check: Annotated[bool, typer.Option("--check/--no-check", help="Parity gate against PyTorch in onnxruntime.")] = True,
         seed: Annotated[int, typer.Option("--seed", help="Seed of random weights and of the parity inputs.")] = 0,
-        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="TensorRT builder workspace limit (GiB).")] = 4.0,
+        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="TensorRT builder workspace limit (GiB); 8 fits every model at 2048x2048.")] = 8.0,
+        trt: Annotated[TrtFlavour, typer.Option("--trt", help="TensorRT flavour: auto (whichever is installed), tensorrt (enterprise 10.x/11.x: every GPU, builds on it) or rtx (TensorRT for RTX: builds without a GPU, runs on RTX GPUs).")] = TrtFlavour.auto,
+        target_sm: Annotated[Optional[str], typer.Option("--target-sm", help="Compute capabilities to build for, e.g. 86,89,120 (TensorRT-RTX; default its portable set 86,89,120). Enterprise TensorRT builds for this GPU only.")] = None,
         batch: Annotated[int, typer.Option("--batch", help="Batch size of the exported graph (static), or the optimum (dynamic).")] = 1,
         opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 20).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Re-export and rebuild even when a matching file exists.")] = False,
@@ -238,6 +279,6 @@ def register(app) -> None:
             export_models(
                 model, res, engine=engine, precision=precision, preset=preset, checkpoint=checkpoint,
                 dynamic=dynamic, out=out, check=check, seed=seed, workspace_gb=workspace_gb, batch=batch,
-                opset=opset, reuse=not force, log=log, parity_labels=parity_labels,
+                opset=opset, reuse=not force, log=log, parity_labels=parity_labels, trt=trt, target_sm=target_sm,
                 progress=lambda s: bar.update(task, description=s),
             )
