@@ -1,0 +1,57 @@
+"""The fp32 parity gate means the same at every size: past 1e-4 of PyTorch fp32, an export is judged by its
+error against a float64 forward, relative to PyTorch fp32's own (docs/export.md, "Parity gate")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from asapbench.registry import build_for_resolution  # noqa: E402
+from asapbench.weights import spread_for_resolution  # noqa: E402
+from exporters import validate  # noqa: E402
+from exporters.onnx_export import export_onnx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    g = build_for_resolution("asapnet-tiny", 64, 128, seed=0)
+    g.prepare_for_inference()
+    spread_for_resolution(g, 64, 128, seed=0)
+    r = export_onnx(g, 64, 128, tmp_path_factory.mktemp("gate"), "fp32", check=False)
+    return g, r.onnx_path
+
+
+def test_within_1e4_of_torch_needs_no_float64_forward(tiny_export):
+    g, path = tiny_export
+    par = validate.check_parity(path, g, validate.parity_inputs(g, 64, 128), "fp32")
+    assert par["passed"] and par["max_abs_err"] <= 1e-4
+    assert par["drift"] is None and all(s["drift"] is None for s in par["samples"])
+
+
+def test_past_the_shortcut_the_float64_drift_decides(tiny_export, monkeypatch):
+    """With the shortcut made impossible, the real export is judged against float64: it is about as
+    accurate as PyTorch fp32, so it passes, and both numbers are recorded."""
+    g, path = tiny_export
+    monkeypatch.setitem(validate.PARITY_CRITERIA, "fp32", {"max_abs_err": 1e-12, "drift_factor": 4.0})
+    par = validate.check_parity(path, g, validate.parity_inputs(g, 64, 128), "fp32")
+    d = par["drift"]
+    assert d is not None and d["torch_vs_float64"] > 0 and d["onnx_vs_float64"] > 0
+    assert d["onnx_vs_float64"] <= d["bound"] == pytest.approx(4.0 * d["torch_vs_float64"] + 1e-12)
+    assert par["passed"], par["failures"]
+
+
+def test_an_output_far_from_float64_fails():
+    """An export 1e-3 off (10x the floor, ~100x PyTorch's own drift) fails with both numbers named."""
+    g = build_for_resolution("asapnet-tiny", 64, 128, seed=0).eval()
+    x = validate.parity_inputs(g, 64, 128, count=1)[0][1]
+    with torch.inference_mode():
+        ref = g(x).numpy()
+    bad = ref + np.float32(1e-3)
+    d = validate.float64_drift(g, x, ref, bad)
+    assert d["onnx_vs_float64"] > d["bound"]
+    worst = {**validate.compare(ref, bad), "drift": d}
+    fails = validate._gate("fp32", worst)
+    assert fails and "float64" in fails[0]
