@@ -135,7 +135,7 @@ class VGGLoss(nn.Module):
         super().__init__()
         self.vgg = vgg
 
-    def train(self, mode: bool = True) -> "VGGLoss":  # the trunk stays frozen in eval mode
+    def train(self, mode: bool = True) -> VGGLoss:  # the trunk stays frozen in eval mode
         super().train(mode)
         self.vgg.eval()
         return self

@@ -9,8 +9,9 @@ keyword arguments raise :class:`asapbench.errors.UserError` listing the valid ch
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from asapbench.errors import UserError
 

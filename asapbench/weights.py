@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+
 # --------------------------------------------------------------------------------------------
 def _last_weighted_module(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     """The module with a ``weight`` parameter that runs last in ``model(x)`` (found with hooks)."""

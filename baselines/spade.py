@@ -197,7 +197,7 @@ class SPADEGenerator(Generator):
         """True once :meth:`prepare_for_inference` has replaced the spectral-norm reparametrisation."""
         return not any(hasattr(m, "weight_orig") for m in self.modules())
 
-    def prepare_for_inference(self) -> "SPADEGenerator":
+    def prepare_for_inference(self) -> SPADEGenerator:
         """Eval mode, and fold spectral norm into plain conv weights (idempotent; returns self).
 
         Each ``<conv>.weight_orig``/``weight_u``/``weight_v`` becomes ``<conv>.weight = weight_orig / σ``

@@ -16,7 +16,8 @@ TensorRT network whose precision comes from the graph, see docs/export.md, "fp16
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -23,18 +23,18 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from asapbench.errors import UserError, require
-from asapbench.fsutil import default_file_mode, atomic_write_json, ensure_writable_dir, sha256_file
+from asapbench.fsutil import atomic_write_json, default_file_mode, ensure_writable_dir, sha256_file
 
 #: opset of the exported graphs (>= 17 for the InstanceNormalization/Pad forms TensorRT 10 parses)
 DEFAULT_OPSET = 20

@@ -83,7 +83,7 @@ def test_cityscapes_photo_values_and_alignment(city_root):
         lab = item["label"][0]
         photo = item["image"]
 
-        def class_mean_error(ph):
+        def class_mean_error(ph, lab=lab):
             rec = torch.zeros_like(ph)
             for c in lab.unique():
                 m = lab == c

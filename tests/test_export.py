@@ -17,10 +17,10 @@ import asapbench
 from asapbench.errors import UserError
 from asapbench.inputs import example_input
 from asapbench.registry import get_spec, list_models
+from asapbench.weights import spread_random_weights
 from exporters import validate
 from exporters.onnx_export import export_onnx, verify_onnx_file
 from exporters.ort import OrtRunner
-from asapbench.weights import spread_random_weights
 from exporters.validate import ParityError
 
 onnx = pytest.importorskip("onnx")
@@ -401,9 +401,7 @@ def test_cli_checkpoints_export_and_misfits_are_refused(tmp_path):
 
 
 def test_cli_trt_without_tensorrt(tmp_path):
-    from exporters.trt import trt_status
-
-    from exporters.trt import build_status
+    from exporters.trt import build_status, trt_status
 
     ok, reason = trt_status()
     if ok or build_status()[0]:

@@ -36,7 +36,7 @@ def assert_one_line_error(r, *needles):
 def test_list_models_names_presets_and_tiny_variants():
     models = {m["name"]: m for m in list_models()}
     assert "asapnet" in models and "cityscapes" in models["asapnet"]["presets"]
-    for name, m in models.items():
+    for m in models.values():
         if not m["tiny"]:
             continue
         assert m["default_preset"] in m["presets"]

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from asapbench.errors import UserError
-from asapbench.losses import (VGG19Features, VGGLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss,
-                              load_vgg19)
+from asapbench.losses import VGG19Features, VGGLoss, feature_matching_loss, hinge_d_loss, hinge_g_loss, load_vgg19
 
 # torchvision vgg19().features: conv layers at these indices (ReLU after each, max pools at 4, 9, 18, 27, 36)
 TV_CONVS = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12: (256, 256), 14: (256, 256),

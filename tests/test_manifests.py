@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_path
 
 from asapbench.counting import count_params
 from asapbench.registry import create_generator, get_spec, model_names
-
-from conftest import shared_path
 
 FIXTURES = Path(__file__).resolve().parents[1] / "asapbench" / "fixtures"
 

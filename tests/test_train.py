@@ -293,7 +293,7 @@ def test_torchrun_two_gloo_processes(tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise AssertionError("torchrun with 2 gloo processes did not finish within 180 s")
+        raise AssertionError("torchrun with 2 gloo processes did not finish within 180 s") from None
     p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads((out / RUN_FILE).read_text())

@@ -20,9 +20,10 @@ silently: the onnxruntime providers actually loaded are checked against the one 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ class Runner:
     """A model in one runtime: ``prepare()``, then ``with runner:`` (``open``/``close``) around
     ``run()`` (device-resident) and ``run_e2e()`` (host to host)."""
 
-    def __init__(self, cell: Cell, backend: "Backend") -> None:
+    def __init__(self, cell: Cell, backend: Backend) -> None:
         self.cell = cell
         self.backend = backend
         self.provider = ""  # what actually executes, e.g. "CUDAExecutionProvider" or "cpu"
@@ -77,7 +78,7 @@ class Runner:
         return "cpu" if self.cell.device == "cpu" else "cuda_device"
 
     @classmethod
-    def availability(cls, backend: "Backend", device: str) -> str | None:
+    def availability(cls, backend: Backend, device: str) -> str | None:
         """Why ``backend`` cannot run on ``device`` here (None when it can); checks installed packages."""
         return None
 
@@ -100,7 +101,7 @@ class Runner:
     def close(self) -> None:
         """Free the runtime's resources (idempotent)."""
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         self.open()
         return self
 

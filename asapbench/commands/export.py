@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, Sequence
+from typing import Annotated, Any, Optional
 
 import typer
 

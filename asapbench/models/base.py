@@ -7,8 +7,9 @@ from the input on every call; nothing is cached per batch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -67,6 +68,6 @@ class Generator(nn.Module):
                 f"choose e.g. {max(nh, (height // mh) * mh or mh)}x{max(nw, (width // mw) * mw or mw)}"
             )
 
-    def prepare_for_inference(self) -> "Generator":
+    def prepare_for_inference(self) -> Generator:
         """Fold training-only reparametrisations (e.g. spectral norm) for deployment; returns self."""
         return self.eval()
