@@ -72,8 +72,8 @@ def main():
         m = create_generator("asapnet", preset).eval()
         try:
             spread_for_resolution(m, h, w, seed=0)
-        except ValueError:  # facades2048: its 128x128 calibration size is a 1-tile grid (see README)
-            spread_random_weights(m, example_input(m, 1, m.scale, 2 * m.scale, seed=0), steps=10)
+        except ValueError:  # facades2048: its calibration sizes are a 1-tile grid (see README)
+            spread_random_weights(m, example_input(m, 1, 2 * m.scale, 2 * m.scale, seed=0), steps=10)
         ref = create_generator("asapnet", preset, pixelwise_impl="reference").eval()
         ref.load_state_dict(m.state_dict())
         x = example_input(m, 1, h, w, seed=1)
@@ -135,9 +135,9 @@ def main():
                     k: round(r / v, 2) for k, v in med.items() if k.startswith(scope)}
         out["sizes"][f"{preset}:{h}x{w}"] = rec
         print(json.dumps(rec, indent=1), flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=1)
+        if a.out:  # after every size, so a later failure keeps the earlier ones
+            with open(a.out, "w") as f:
+                json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":
