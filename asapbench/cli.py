@@ -27,6 +27,7 @@ def _register() -> None:
 
     for mod in (models_info, train, export, engines, run):
         mod.register(app)
+    __import__("asapbench.commands.profile", fromlist=["register"]).register(app)  # `asapbench profile`
 
 
 _register()

@@ -175,8 +175,9 @@ def test_lowres_stream_layers_padding_and_biases():
         assert g["grid"][0] == 16 and g["lr_input"][0] == 256
 
 
-def test_parameter_layout_bias_first_then_cin_major_weights():
-    m = create_generator("asapnet-tiny").eval()
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_parameter_layout_bias_first_then_cin_major_weights(impl):
+    m = create_generator("asapnet-tiny", pixelwise_impl=impl).eval()
     chans = m.mlp_channels
     n, s = 1, m.scale
     hr = torch.randn(n, chans[0] - m.pe_channels, s, s)
@@ -191,7 +192,8 @@ def test_parameter_layout_bias_first_then_cin_major_weights():
         for k in range(min(2, co)):
             p[0, off + co + k * co + k, 0, 0] = 1.0
         off += ci * co + co
-    out = m.pixelwise(hr, p)[0]  # (3, S, S)
+    with torch.no_grad():
+        out = m.pixelwise(hr, p)[0]  # (3, S, S)
     lrelu = lambda v: torch.where(v > 0, v, 0.01 * v)  # noqa: E731
     depth = len(chans) - 1
     exp0, exp1 = torch.full((s, s), 0.25), hr[0, 0]
@@ -212,9 +214,10 @@ def test_parameter_layout_bias_first_then_cin_major_weights():
         ("asapnet", "facades512", 1, 64, 64),  # tent S1 = 2, reflection padding
     ],
 )
-def test_forward_matches_naive_reference(name, preset, n, h, w):
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_forward_matches_naive_reference(name, preset, n, h, w, impl):
     torch.manual_seed(0)
-    m = _randomise(create_generator(name, preset), seed=1).eval()
+    m = _randomise(create_generator(name, preset, pixelwise_impl=impl), seed=1).eval()
     x = _input(m, n, h, w, seed=3)
     with torch.no_grad():
         ours = m(x)
@@ -256,3 +259,125 @@ def test_invalid_configuration_is_a_user_error():
         create_generator("asapnet", "cityscapes", scale=48)
     with pytest.raises(UserError, match="unknown option"):
         create_generator("asapnet", "cityscapes", tile=16)
+
+
+# ------------------------------------------------------------------------------------------
+# the two formulations of the pixelwise stream
+# ------------------------------------------------------------------------------------------
+def _max_abs(a, b) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize(
+    "preset,h,w",
+    [("cityscapes", 256, 512), pytest.param("facades1024", 1024, 1024, marks=pytest.mark.slow)],
+)
+def test_fast_pixelwise_equals_reference_at_preset_size(preset, h, w):
+    """Whole generator at the preset's own size: fast == reference to 1e-5 (fp32), realistic output."""
+    torch.manual_seed(0)
+    m = _randomise(create_generator("asapnet", preset), seed=4).eval()
+    x = _input(m, 1, h, w, seed=5)
+    with torch.no_grad():
+        params = m.lowres(x)
+        hr = x[:, :-1] if m.lr_instance else x
+        fast = m.pixelwise_fast_eager(hr, params)
+        graph = m.pixelwise_fast_graph(hr, params)
+        ref = m.pixelwise_reference(hr, params)
+        assert torch.equal(m(x), fast)  # the default is the fast eager path
+    assert 0.1 < float(ref.std()) and float((ref.abs() > 0.999).float().mean()) < 0.5
+    assert _max_abs(fast, ref) < 1e-5
+    assert _max_abs(graph, ref) < 1e-5
+
+
+@pytest.mark.parametrize("n,h,w", [(2, 32, 64), (1, 16, 16), (3, 16, 40)])
+def test_fast_paths_match_reference_on_tiny_and_partial_chunks(n, h, w, monkeypatch):
+    """Chunk boundaries (a last partial chunk, one tile per chunk, one chunk) change nothing."""
+    import asapbench.models.asapnet as mod
+
+    m = _randomise(create_generator("asapnet-tiny"), seed=6).eval()
+    x = _input(m, n, h, w, seed=7)
+    with torch.no_grad():
+        ref = m.pixelwise_reference(x[:, :-1], m.lowres(x))
+        for chunk in (mod.CHUNK_PIXELS, 64, 128, 10**9):
+            monkeypatch.setattr(mod, "CHUNK_PIXELS", chunk)
+            assert _max_abs(m(x), ref) < 1e-5
+        assert _max_abs(m.pixelwise_fast_graph(x[:, :-1], m.lowres(x)), ref) < 1e-5
+
+
+def test_fast_pixelwise_is_differentiable_and_matches_reference_gradients():
+    torch.manual_seed(0)
+    fast = _randomise(create_generator("asapnet-tiny"), seed=8)
+    ref = create_generator("asapnet-tiny", pixelwise_impl="reference")
+    ref.load_state_dict(fast.state_dict())
+    x = _input(fast, 2, 32, 64, seed=9)
+    grads = []
+    for m in (fast, ref):
+        m.zero_grad()
+        m(x).square().mean().backward()
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", ["cityscapes", "facades1024"])
+def test_formulation_changes_no_state_dict_key_shape_or_mac_count(preset):
+    """Official checkpoints load into either formulation; counted MACs are the reference's."""
+    import json
+    from pathlib import Path
+
+    from asapbench.counting import count_macs
+    from asapbench.registry import get_preset
+
+    with torch.device("meta"):
+        fast = create_generator("asapnet", preset)
+        ref = create_generator("asapnet", preset, pixelwise_impl="reference")
+    assert fast.pixelwise_impl == "fast" and ref.pixelwise_impl == "reference"
+    sd_f, sd_r = fast.state_dict(), ref.state_dict()
+    assert list(sd_f) == list(sd_r) and all(sd_f[k].shape == sd_r[k].shape for k in sd_f)
+    manifest = Path(__file__).resolve().parents[1] / "asapbench" / "fixtures" / get_preset("asapnet", preset).manifest
+    text = manifest.read_text()
+    for k in sd_f:
+        assert json.dumps(k) in text  # every key is an official name
+    h, w = get_preset("asapnet", preset).resolution
+    assert count_macs(fast, h, w)["macs"] == count_macs(ref, h, w)["macs"]
+
+
+def test_reference_state_dict_loads_into_fast_model_with_same_output():
+    ref = _randomise(create_generator("asapnet", "cityscapes", pixelwise_impl="reference"), seed=10).eval()
+    fast = create_generator("asapnet", "cityscapes").eval()
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    x = _input(ref, 1, 32, 64, seed=11)
+    with torch.no_grad():
+        assert _max_abs(fast(x), ref(x)) < 1e-5
+    fast.pixelwise_impl = "reference"  # also switchable as an attribute
+    with torch.no_grad():
+        assert torch.equal(fast(x), ref(x))
+
+
+def test_unknown_pixelwise_impl_is_a_user_error():
+    with pytest.raises(UserError, match="pixelwise_impl"):
+        create_generator("asapnet-tiny", pixelwise_impl="turbo")
+
+
+def test_fast_onnx_graph_is_one_matmul_per_layer_without_full_size_transposes(tmp_path):
+    """The exported fast path: MatMul (+Add) + LeakyRelu per layer, no chunk loop unrolled, and the
+    only Transposes move the label input or the 3-channel output (or the small low-res parameters)."""
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    from exporters.onnx_export import torch_to_onnx
+
+    m = _randomise(create_generator("asapnet-tiny"), seed=12).eval()
+    x = _input(m, 1, 32, 64, seed=13)
+    proto = torch_to_onnx(m, x)
+    ops = [nd.op_type for nd in proto.graph.node]
+    depth = len(m.mlp_channels) - 1
+    assert ops.count("MatMul") == depth
+    assert ops.count("LeakyRelu") == depth - 1 and ops.count("Tanh") == 1
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in inferred.graph.value_info}
+    hidden = m.mlp_channels[1]
+    for nd in proto.graph.node:
+        if nd.op_type == "Transpose":
+            shp = shapes.get(nd.output[0]) or []
+            # never a full-resolution tensor of hidden width
+            assert not (math.prod(shp) >= 32 * 64 * hidden), (nd.name, shp)

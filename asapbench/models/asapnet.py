@@ -8,12 +8,25 @@ Two streams:
   ``[labels, cosine positional encoding]``, computed as one batched matrix product per layer
   over all tiles (per-pixel weights are never materialised).
 
+Two interchangeable formulations of the pixelwise stream (``pixelwise_impl``), equal to ~1e-7:
+- ``"reference"``: the literal one (5-D matmul, broadcast bias add, out-of-place activations);
+- ``"fast"`` (default): tile-major ``[tiles, S*S, C]`` batches; every bias folded into the matrix
+  product as an extra input row (the official parameter layout stores each layer as
+  ``[bias; W]``, a ``(c_in + 1) x c_out`` matrix, so the weights are views of the parameters) with a
+  ones column in the activations; activations in place; in eager PyTorch the tiles run in chunks of
+  about :data:`CHUNK_PIXELS` pixels through all layers, so a chunk's activations stay in cache.
+  While traced, exported or trained (ONNX, torch.compile, torch.export, autograd) the same algebra is written as one
+  batched product per layer (ONNX: ``MatMul`` + ``Add`` + ``LeakyRelu``, first layer ``MatMul``
+  only), with no chunk loop and no full-size transposes beyond the input (label channels) and the
+  3-channel output.
+
 State-dict keys and shapes equal the official ``ASAPNetsGenerator`` (``lowres_stream.model.<i>``),
 so official checkpoints load by name.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -23,9 +36,23 @@ from torch import nn
 from asapbench.errors import UserError
 from asapbench.models.base import Generator
 
+#: formulations of the pixelwise stream (see the module docstring)
+PIXELWISE_IMPLS = ("fast", "reference")
+#: eager "fast" path: pixels per chunk of tiles (64-channel fp32 activations of 4096 pixels = 1 MiB)
+CHUNK_PIXELS = 4096
+
 
 def _is_pow2(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
+
+
+def _graph_mode(x: torch.Tensor) -> bool:
+    """True while traced, compiled or exported (where Python loops and ``out=`` would be unrolled)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return True
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(x, FakeTensor) or torch.onnx.is_in_onnx_export()
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,7 +105,7 @@ def positional_table(scale: int) -> torch.Tensor:
 
 def mlp_param_count(channels: list[int]) -> int:
     """Parameters of one pixelwise MLP with layer widths ``channels``: Σ (c_in c_out + c_out)."""
-    return sum(ci * co + co for ci, co in zip(channels[:-1], channels[1:]))
+    return sum(ci * co + co for ci, co in itertools.pairwise(channels))
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +177,8 @@ class ASAPNetGenerator(Generator):
         lr_width, lr_max_width, lr_depth: conv stream widths and number of C{max}S1 blocks.
         hr_width, hr_depth: pixelwise MLP hidden width and number of layers.
         contain_dontcare: one extra one-hot channel for a don't-care label.
+        pixelwise_impl: ``"fast"`` (default) or ``"reference"``: how the pixelwise stream is computed
+            (same parameters and state dict, outputs equal to ~1e-7); also settable as an attribute.
     """
 
     def __init__(
@@ -167,8 +196,12 @@ class ASAPNetGenerator(Generator):
         hr_depth: int = 5,
         output_nc: int = 3,
         contain_dontcare: bool = False,
+        pixelwise_impl: str = "fast",
     ):
         super().__init__()
+        if pixelwise_impl not in PIXELWISE_IMPLS:
+            raise ValueError(f"pixelwise_impl must be one of {', '.join(PIXELWISE_IMPLS)}, got {pixelwise_impl!r}")
+        self.pixelwise_impl = pixelwise_impl
         if not _is_pow2(ds_factor) or ds_factor < 2:
             raise ValueError(f"ds_factor must be a power of two >= 2, got {ds_factor}")
         if not _is_pow2(scale) or scale < ds_factor:
@@ -220,7 +253,21 @@ class ASAPNetGenerator(Generator):
         return self.lowres_stream(lr_in)
 
     def pixelwise(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """Run each tile's MLP on its pixels: ``hr_in [N, C, H, W]``, ``params [N, C_total, h, w]``."""
+        """Run each tile's MLP on its pixels: ``hr_in [N, C, H, W]``, ``params [N, C_total, h, w]``.
+
+        Dispatches on :attr:`pixelwise_impl`. Meta tensors (MAC counting) always take the reference
+        formulation, so counted MACs do not include the folded bias rows of the fast one. The fast
+        formulation runs chunked in eager inference and as one product per layer when traced,
+        exported, compiled or differentiated (training).
+        """
+        if self.pixelwise_impl == "reference" or hr_in.is_meta:
+            return self.pixelwise_reference(hr_in, params)
+        if _graph_mode(hr_in) or (torch.is_grad_enabled() and (params.requires_grad or hr_in.requires_grad)):
+            return self.pixelwise_fast_graph(hr_in, params)  # traceable and differentiable (training)
+        return self.pixelwise_fast_eager(hr_in, params)
+
+    def pixelwise_reference(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The literal formulation: 5-D matmul per layer, broadcast bias add, out-of-place activations."""
         n, c, height, width = hr_in.shape
         s = self.scale
         h, w = height // s, width // s
@@ -231,7 +278,7 @@ class ASAPNetGenerator(Generator):
         p = params.permute(0, 2, 3, 1)  # (N, h, w, C_total)
         off = 0
         n_layers = len(self.mlp_channels) - 1
-        for i, (ci, co) in enumerate(zip(self.mlp_channels[:-1], self.mlp_channels[1:])):
+        for i, (ci, co) in enumerate(itertools.pairwise(self.mlp_channels)):
             bias = p[..., off : off + co].unsqueeze(3)  # (N, h, w, 1, co); bias block first
             off += co
             weight = p[..., off : off + ci * co].reshape(n, h, w, ci, co)  # c_in-major
@@ -241,6 +288,99 @@ class ASAPNetGenerator(Generator):
         co = self.mlp_channels[-1]
         out = feats.reshape(n, h, w, s, s, co).permute(0, 5, 1, 3, 2, 4)  # (N, co, h, S, w, S)
         return out.reshape(n, co, height, width)
+
+    # fast formulation ---------------------------------------------------------------------
+    def _tile_major_input(self, hr_in: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(feats [T, S*S, 1 + C + PE], p [T, C_total])`` with T = N h w tiles, tile-major.
+
+        ``feats`` column 0 is the constant 1 that multiplies the bias row of the first layer, then
+        the label channels of the tile's pixels (pixel (a, b) at row a*S + b), then the encoding;
+        written once, straight into its final layout (no separate concat). ``p`` is one row of
+        MLP parameters per tile (a copy of the small low-res tensor), so each layer's ``[bias; W]``
+        is a ``(c_in + 1) x c_out`` view of it.
+        """
+        n, c, height, width = hr_in.shape
+        s = self.scale
+        h, w = height // s, width // s
+        pe = self.pos_table.to(device=hr_in.device, dtype=hr_in.dtype)
+        feats = hr_in.new_empty(n, h, w, s, s, 1 + c + self.pe_channels)
+        feats[..., 0].fill_(1.0)
+        feats[..., 1 : 1 + c].copy_(hr_in.reshape(n, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1))
+        feats[..., 1 + c :].copy_(pe.view(s, s, self.pe_channels))
+        p = params.permute(0, 2, 3, 1).reshape(n * h * w, params.shape[1])
+        return feats.view(n * h * w, s * s, 1 + c + self.pe_channels), p
+
+    def _untile(self, out: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
+        """``[T, S*S, c_out]`` tile-major -> ``[N, c_out, H, W]`` (one copy of the small output)."""
+        s, co = self.scale, out.shape[-1]
+        out = out.reshape(n, height // s, width // s, s, s, co).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(n, co, height, width)
+
+    def pixelwise_fast_eager(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Eager fast path: bias rows folded into ``bmm``, activations in place, tiles in chunks.
+
+        Each chunk of tiles (about :data:`CHUNK_PIXELS` pixels) runs through all layers before the
+        next one starts, between two ping-pong buffers whose column 0 holds the constant 1, so
+        the hidden activations of a chunk stay in the L2 cache and nothing else is allocated.
+        """
+        n, _, height, width = hr_in.shape
+        feats, p = self._tile_major_input(hr_in, params)
+        tiles, pix = feats.shape[0], feats.shape[1]
+        chans = self.mlp_channels
+        n_layers = len(chans) - 1
+        k = max(1, min(tiles, CHUNK_PIXELS // pix))
+        hid = max(chans[1:-1], default=chans[0])
+        bufs = [hr_in.new_empty(k, pix, 1 + hid) for _ in range(2)]
+        for b in bufs:
+            b[..., 0].fill_(1.0)
+        out = hr_in.new_empty(tiles, pix, chans[-1])
+        for t0 in range(0, tiles, k):
+            kk = min(k, tiles - t0)
+            x = feats[t0 : t0 + kk]
+            q = p[t0 : t0 + kk]
+            off = 0
+            for i, (ci, co) in enumerate(itertools.pairwise(chans)):
+                wb = q[:, off : off + (ci + 1) * co].view(kk, ci + 1, co)  # [bias; W], bias first
+                off += (ci + 1) * co
+                if i == n_layers - 1:
+                    y = out[t0 : t0 + kk]
+                    torch.bmm(x, wb, out=y)
+                    y.tanh_()
+                else:
+                    buf = bufs[i % 2][:kk]
+                    y = buf[..., 1 : 1 + co]
+                    torch.bmm(x, wb, out=y)
+                    F.leaky_relu_(y, 0.01)
+                    x = buf[..., : 1 + co]
+        return self._untile(out, n, height, width)
+
+    def pixelwise_fast_graph(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Traceable fast path (ONNX / torch.export / torch.compile): one batched product per layer.
+
+        First layer: ``MatMul`` of ``[1, labels, PE]`` with ``[b; W]`` (bias folded); other layers:
+        ``baddbmm`` with the bias as a ``[T, 1, c_out]`` view (ONNX ``MatMul`` + ``Add``).
+        """
+        n, c, height, width = hr_in.shape
+        s = self.scale
+        h, w = height // s, width // s
+        t = n * h * w
+        pe = self.pos_table.to(device=hr_in.device, dtype=hr_in.dtype)
+        ones = hr_in.new_ones(1, 1, 1).expand(t, s * s, 1)
+        x = hr_in.reshape(n, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1).reshape(t, s * s, c)
+        x = torch.cat([ones, x, pe.unsqueeze(0).expand(t, s * s, self.pe_channels)], dim=-1)
+        p = params.permute(0, 2, 3, 1).reshape(t, params.shape[1])
+        chans = self.mlp_channels
+        n_layers = len(chans) - 1
+        off = 0
+        for i, (ci, co) in enumerate(itertools.pairwise(chans)):
+            if i == 0:
+                x = torch.bmm(x, p[:, : (ci + 1) * co].reshape(t, ci + 1, co))
+            else:
+                bias = p[:, off : off + co].unsqueeze(1)
+                x = torch.baddbmm(bias, x, p[:, off + co : off + (ci + 1) * co].reshape(t, ci, co))
+            off += (ci + 1) * co
+            x = torch.tanh(x) if i == n_layers - 1 else F.leaky_relu(x, 0.01)
+        return self._untile(x, n, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
         if x.dim() != 4 or x.shape[1] != self.input_nc:

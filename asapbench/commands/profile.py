@@ -1,0 +1,43 @@
+"""`asapbench profile`: time per stage, MACs per stage and GFLOP/s beside the machine's GEMM rate.
+
+The logic lives in :mod:`asapbench.bench.profile`; this is the Typer shell (rich table on stdout,
+``--json PATH`` for the full result). onnxruntime is imported only when ``--backend onnxruntime``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("profile")
+    def profile_cmd(
+        model: Annotated[str, typer.Option("--model", "-m", help="Registered model (see `asapbench models --tiny`).")],
+        res: Annotated[str, typer.Option("--res", "-r", help="Resolution HxW or N (NxN).")],
+        backend: Annotated[str, typer.Option("--backend", "-b", help="torch or onnxruntime (CPU).")] = "torch",
+        precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 (the CPU precision profiled).")] = "fp32",
+        preset: Annotated[str | None, typer.Option("--preset", help="Preset (default: configured for --res as `asapbench run` does).")] = None,
+        threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
+        iters: Annotated[int, typer.Option("--iters", "-n", help="Timed rounds (medians are reported).")] = 3,
+        warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first.")] = 1,
+        gemm_size: Annotated[int, typer.Option("--gemm-size", help="N of the N x N x N torch.mm that measures the GEMM rate.")] = 2048,
+        seed: Annotated[int, typer.Option("--seed", help="Seed for weights and the synthetic label map.")] = 0,
+        json_path: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON to this file.")] = None,
+    ) -> None:
+        """Per-stage time, MACs and GFLOP/s of one model on one backend (ASAP-Net: input encoding, low-res, pixelwise)."""
+        from rich.console import Console
+
+        from asapbench.bench.profile import render_table, run_profile
+
+        result = run_profile(model, res, backend=backend, precision=precision, preset=preset, threads=threads,
+                             iters=iters, warmup=warmup, seed=seed, gemm_size=gemm_size)
+        Console().print(render_table(result))
+        if json_path is not None:
+            from asapbench.fsutil import atomic_write_json, ensure_writable_dir
+
+            ensure_writable_dir(json_path.parent if str(json_path.parent) else ".", "--json folder")
+            atomic_write_json(json_path, result)
+            typer.echo(f"wrote {json_path}")
