@@ -60,18 +60,21 @@ def _exit_on_sigterm() -> None:
         return
 
     def handler(signum, frame):
-        from asapbench.commands.run import Terminated
+        from asapbench.commands.run import LAST_INTERRUPT, Terminated
 
-        raise Terminated()
+        LAST_INTERRUPT.append(Terminated())
+        raise LAST_INTERRUPT[-1]
 
     signal.signal(signal.SIGTERM, handler)
 
 
 def _interrupted(exc: BaseException | None) -> None:
     """Print why the command was interrupted and exit 130 (SIGINT) or 143 (SIGTERM)."""
-    from asapbench.commands.run import SweepInterrupted, Terminated
+    from asapbench.commands.run import LAST_INTERRUPT, SweepInterrupted, Terminated
 
     code, message = 130, ""
+    if exc is None and LAST_INTERRUPT:
+        exc = LAST_INTERRUPT[-1]
     while exc is not None:
         if isinstance(exc, SweepInterrupted):  # the sweep's own line: what was kept where
             code, message = exc.exit_code, str(exc)
@@ -137,6 +140,8 @@ def _run_app(argv: list[str] | None, ce) -> None:
             print(f"asapbench: {'error: ' if exc.exit_code == 2 else ''}{exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         raise
+    if rv == 130:  # click returns Exit(130) (a KeyboardInterrupt) as a value in non-standalone mode
+        _interrupted(None)
     if isinstance(rv, int) and rv:
         raise SystemExit(rv)
 

@@ -2,8 +2,8 @@
 
 The generator runs once on the meta device (shapes only) under a dispatch mode that adds up the
 bytes of every tensor an operator creates and subtracts them when the tensor is freed: the peak of
-that running sum is the forward's peak of live activations (views share storage and are not
-counted). The estimate of a cell is::
+that running sum (plus, at each convolution, a reordered copy of its input and output) is the forward's peak of
+live activations (views share storage and are not counted). The estimate of a cell is::
 
     weights (params + buffers, at the precision) + peak live activations (at the precision, batch)
     + host input and output + a fixed runtime overhead
@@ -72,6 +72,12 @@ class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
                 self.live += n
                 self.peak = max(self.peak, self.live)
                 weakref.finalize(t, self._free, n)
+        if func is torch.ops.aten.convolution.default and isinstance(out, torch.Tensor):
+            # CPU kernels (oneDNN) reorder the input and the output into a blocked layout: transient
+            # copies of both beside the live tensors
+            x = args[0]
+            scratch = x.numel() * x.element_size() + out.numel() * out.element_size()
+            self.peak = max(self.peak, self.live + scratch)
         return out
 
 

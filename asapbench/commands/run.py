@@ -314,6 +314,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the sweep is, so that the same path as Ctrl-C writes the files."""
 
 
+#: the last interruption of this process (Terminated / SweepInterrupted): click turns a KeyboardInterrupt
+#: into a plain return value of 130 in non-standalone mode, so ``cli.main`` looks here for what happened
+LAST_INTERRUPT: list[BaseException] = []
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """An interrupted sweep after its rows were written (still a KeyboardInterrupt for library callers);
     ``cli.main`` prints its message and exits ``exit_code`` (130 SIGINT, 143 SIGTERM)."""
@@ -365,7 +370,8 @@ def _sigterm_raises():
             return
 
         def handler(signum, frame):
-            raise Terminated()
+            LAST_INTERRUPT.append(Terminated())
+            raise LAST_INTERRUPT[-1]
 
         old = signal.signal(signal.SIGTERM, handler)
         try:
@@ -429,11 +435,14 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
                 else:
                     kept = f"no row finished; {out_dir} is unchanged"
                 _unlink(out_dir / PARTIAL_CSV)
-            raise SweepInterrupted(f"interrupted ({sig}) after {len(rows)} of {total} cells; {kept}",
-                                   _SIGNAL_EXIT[sig]) from None
+            stop = SweepInterrupted(f"interrupted ({sig}) after {len(rows)} of {total} cells; {kept}", _SIGNAL_EXIT[sig])
+            LAST_INTERRUPT.append(stop)
+            raise stop from None
         except Exception as exc:
             from asapbench.fsutil import DiskFull
 
+            if isinstance(exc, DiskFull) and (out_dir / PARTIAL_CSV).is_file():
+                raise UserError(f"{exc}; the finished rows are in {out_dir / PARTIAL_CSV}") from None
             if rows and not isinstance(exc, DiskFull):  # keep what finished, marked incomplete
                 state = {"complete": False, "reason": f"stopped by an error ({type(exc).__name__})",
                          "cells_done": len(rows), "cells_total": total}
