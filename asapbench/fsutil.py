@@ -72,7 +72,11 @@ def free_bytes(path: str | os.PathLike) -> int | None:
 
 
 def _mib(n: float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+    """A byte count in the unit that suits it: KiB, MiB or GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{max(n, 0) / 2**10:,.0f} KiB"
 
 
 class DiskFull(UserError):

@@ -394,7 +394,7 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
     """
     from asapbench.bench.sweep import iter_sweep
     from asapbench.bench.system import snapshot
-    from asapbench.fsutil import FolderLock, atomic_write_text, clean_stale_tmp
+    from asapbench.fsutil import DiskFull, FolderLock, atomic_write_text, clean_stale_tmp
     from asapbench.report import csv_text, render_all
 
     out_dir = Path(out_dir)
@@ -439,8 +439,6 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
             LAST_INTERRUPT.append(stop)
             raise stop from None
         except Exception as exc:
-            from asapbench.fsutil import DiskFull
-
             if isinstance(exc, DiskFull) and (out_dir / PARTIAL_CSV).is_file():
                 raise UserError(f"{exc}; the finished rows are in {out_dir / PARTIAL_CSV}") from None
             if rows and not isinstance(exc, DiskFull):  # keep what finished, marked incomplete
@@ -449,7 +447,10 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
                 render_all(rows, out_dir, [env], run_state=state)
                 _unlink(out_dir / PARTIAL_CSV)
             raise
-        render_all(rows, out_dir, [env], run_state={"complete": True, "cells_done": len(rows), "cells_total": total})
+        try:
+            render_all(rows, out_dir, [env], run_state={"complete": True, "cells_done": len(rows), "cells_total": total})
+        except DiskFull as exc:
+            raise UserError(f"{exc}; the finished rows are in {out_dir / PARTIAL_CSV}") from None
         _unlink(out_dir / PARTIAL_CSV)
     finally:
         lock.release()
