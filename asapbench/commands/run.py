@@ -406,8 +406,9 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
     try:
         if lock.stale:
             display.warn(f"took over the lock of an earlier run that no longer exists (pid {lock.stale.get('pid')})")
-        for f in clean_stale_tmp(out_dir):
-            display.warn(f"removed a stale temporary file {f.name} (left by a killed run)")
+        for folder in (out_dir, Path(cfg.cache_dir) / "onnx", Path(cfg.cache_dir) / "engines"):
+            for f in clean_stale_tmp(folder):
+                display.warn(f"removed a stale temporary file {f} (left by a killed run)")
         try:
             with _sigterm_raises(), display:
                 for ev in iter_sweep(cfg, env=env, checkpoint_models=checkpoint_models, on_phase=display.phase):
