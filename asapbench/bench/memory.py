@@ -38,8 +38,8 @@ class MemoryEstimate:
         return int((self.weights + self.activations + self.io + OVERHEAD) * SAFETY)
 
     def describe(self) -> str:
-        return (f"about {gib(self.total)} (weights {mib(self.weights)}, activations {gib(self.activations)}, "
-                f"input/output {mib(self.io)}, x{SAFETY:g} margin)")
+        return (f"about {gib(self.total)} (weights {gib(self.weights)}, activations {gib(self.activations)}, "
+                f"input/output {gib(self.io)}, x{SAFETY:g} margin)")
 
 
 def mib(n: float) -> str:
