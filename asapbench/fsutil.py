@@ -2,27 +2,230 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from asapbench.errors import UserError
+
+
+def _option_of(what: str) -> str:
+    """The option that names a folder described as ``what`` ("--out folder" -> "--out")."""
+    return what.split()[0] if what.startswith("--") else "--out or --cache-dir"
+
+
+#: folders :func:`ensure_writable_dir` created in this process (outermost first): a command that fails
+#: removes those still empty (:func:`remove_created_if_empty`), so it leaves no empty --out folder behind
+CREATED_DIRS: list[Path] = []
+
+
+def remove_created_if_empty() -> None:
+    """Remove the folders this process created that are still empty (innermost first)."""
+    for d in reversed(CREATED_DIRS):
+        try:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        except OSError:
+            pass
+    CREATED_DIRS.clear()
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
-    """Create ``path`` if needed and check that files can be written there (UserError otherwise)."""
-    from asapbench.errors import UserError
+    """Create ``path`` if needed and check that files can be written there (UserError otherwise).
 
+    ``what`` names the folder in the message; when it starts with the option ("--cache-dir folder"),
+    the message names that option as the fix.
+    """
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {str(p)!r} is a file, not a folder; pass a folder to {_option_of(what)}")
     try:
+        missing = [d for d in (p, *p.parents) if not d.exists()]
         p.mkdir(parents=True, exist_ok=True)
+        CREATED_DIRS.extend(reversed(missing))
         fd, tmp = tempfile.mkstemp(dir=p, prefix=".writetest-")
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise UserError(f"{what} {str(p)!r} is not writable ({exc.strerror or exc}); pass a writable --out folder") from None
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(p, 0, what) from None
+        raise UserError(f"{what} {str(p)!r} is not writable ({exc.strerror or exc}); "
+                        f"pass a writable folder to {_option_of(what)}") from None
     return p
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system of ``path`` (its nearest existing parent), None if unknown."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return None
+
+
+def _mib(n: float) -> str:
+    """A byte count in the unit that suits it: KiB, MiB or GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{max(n, 0) / 2**10:,.0f} KiB"
+
+
+class DiskFull(UserError):
+    """No space left on the device of a folder; the message names the folder and the space needed."""
+
+    def __init__(self, folder: str | os.PathLike, needed: int = 0, what: str = "folder") -> None:
+        free = free_bytes(folder)
+        need = f"about {_mib(needed)} needed" if needed else "more space needed"
+        have = f", {_mib(free)} free" if free is not None else ""
+        super().__init__(f"no space left on the device of {what} {str(folder)!r} ({need}{have}); "
+                         f"free space there or pass a folder on another disk to {_option_of(what)}")
+        self.folder = str(folder)
+        self.needed = needed
+
+
+def is_enospc(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def replace_together(out_dir: str | os.PathLike, contents: dict[str, bytes], remove: Sequence[str] = ()) -> dict[str, Path]:
+    """Write every ``name -> bytes`` of ``contents`` to a temporary file in ``out_dir``, then rename them
+    all to their names (and remove the files named in ``remove``) one right after the other.
+
+    The slow part (writing, fsync) happens before the first rename, so the files are replaced
+    together: a crash or a full disk while writing leaves the old set untouched (the temporary files
+    are removed; :func:`clean_stale_tmp` removes those a kill -9 left). ENOSPC raises :class:`DiskFull`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmps: dict[str, str] = {}
+    try:
+        for name, data in contents.items():
+            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+            tmps[name] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, default_file_mode())
+    except BaseException as exc:
+        for tmp in tmps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if is_enospc(exc):
+            raise DiskFull(out, sum(len(d) for d in contents.values()), "--out folder") from None
+        raise
+    for name, tmp in tmps.items():
+        os.replace(tmp, out / name)
+    for name in remove:
+        try:
+            os.unlink(out / name)
+        except FileNotFoundError:
+            pass
+    return {name: out / name for name in contents}
+
+
+#: a hidden temporary file older than this (seconds) belongs to no live writer
+STALE_TMP_S = 3600.0
+
+
+def clean_stale_tmp(folder: str | os.PathLike, max_age_s: float = STALE_TMP_S) -> list[Path]:
+    """Remove hidden ``.*.tmp`` / ``.writetest-*`` files in ``folder`` older than ``max_age_s`` (a killed
+    writer's leftovers; never read). Returns what was removed."""
+    import time
+
+    p = Path(folder)
+    removed: list[Path] = []
+    if not p.is_dir():
+        return removed
+    now = time.time()
+    for f in p.iterdir():
+        if not f.name.startswith(".") or not (f.name.endswith(".tmp") or f.name.startswith(".writetest-")):
+            continue
+        try:
+            if f.is_file() and now - f.stat().st_mtime > max_age_s:
+                f.unlink()
+                removed.append(f)
+        except OSError:
+            pass
+    return removed
+
+
+class FolderLock:
+    """An exclusive lock on an output folder: ``.asapbench.lock`` created with O_EXCL, holding the pid
+    and start time. A lock whose pid is no longer alive (a killed run) is taken over (``stale`` tells).
+    A live one raises UserError naming the other run.
+    """
+
+    NAME = ".asapbench.lock"
+
+    def __init__(self, folder: str | os.PathLike, option: str = "--out") -> None:
+        self.path = Path(folder) / self.NAME
+        self.option = option
+        self.stale: dict | None = None
+        self.held = False
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def acquire(self) -> FolderLock:
+        import time
+
+        info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    other = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError):
+                    other = {}
+                pid = int(other.get("pid") or 0)
+                if pid and pid != os.getpid() and self._alive(pid):
+                    raise UserError(
+                        f"{self.option} folder {str(self.path.parent)!r} is in use by another asapbench run "
+                        f"(pid {pid}, started {other.get('started', '?')}); wait for it or pass another {self.option} folder"
+                    ) from None
+                self.stale = other
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f)
+            self.held = True
+            return self
+        raise UserError(f"cannot lock {self.option} folder {str(self.path.parent)!r}; pass another {self.option} folder")
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def default_file_mode() -> int:

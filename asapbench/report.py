@@ -15,7 +15,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ class BenchRow:
     height: int = 0
     width: int = 0
     batch: int = 1
+    input_nc: int | None = None  # channels of the model's input (label one-hot + instance edges)
     params: int | None = None
     macs: int | None = None  # per image (counted at batch 1), asapbench.counting.count_macs
     gmacs: float | None = None  # per image, 1e9 MACs
@@ -86,6 +87,9 @@ class BenchRow:
     tensorrt_version: str = ""
     git_sha: str = ""
     timestamp: str = ""
+    # raw per-run times (ms) of the timed and end-to-end runs: bench.json only (not CSV columns)
+    samples_ms: list[float] | None = field(default=None, compare=False)
+    e2e_samples_ms: list[float] | None = field(default=None, compare=False)
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -115,7 +119,9 @@ class BenchRow:
         return asdict(self)
 
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(BenchRow))
+#: fields kept in bench.json only (lists: the raw samples)
+JSON_ONLY = ("samples_ms", "e2e_samples_ms")
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(BenchRow) if f.name not in JSON_ONLY)
 _TYPES = {f.name: f.type for f in fields(BenchRow)}
 
 
@@ -166,6 +172,9 @@ def row_from_dict(d: dict[str, Any]) -> BenchRow:
         if k in d and d[k] is not None:
             v = d[k]
             kw[k] = _convert(k, v) if isinstance(v, str) else v
+    for k in JSON_ONLY:
+        if isinstance(d.get(k), list):
+            kw[k] = [float(x) for x in d[k]]
     return BenchRow(**kw)
 
 
@@ -381,8 +390,22 @@ def _envs_from_rows(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
     return _envs(frame(rows))
 
 
-def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = None, title: str = "asapbench results") -> str:
-    """The paper-style report: latency table, ASAP-Net speed-ups, end-to-end, cost, memory, notes."""
+def incomplete_line(run_state: dict[str, Any] | None) -> str:
+    """The bench.md header line of an incomplete result set ("" for a complete one)."""
+    if not run_state or run_state.get("complete", True):
+        return ""
+    return (f"**Incomplete run: {run_state.get('reason') or 'interrupted'} after {run_state.get('cells_done')} of "
+            f"{run_state.get('cells_total')} cells.** The tables hold only the finished cells.")
+
+
+def _noisy(cov: Any) -> bool:
+    return not _missing(cov) and cov > COV_WARN
+
+
+def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = None, title: str = "asapbench results",
+             run_state: dict[str, Any] | None = None) -> str:
+    """The paper-style report: latency table, ASAP-Net speed-ups, fastest per resolution, backends per model,
+    end-to-end, models (preset, input channels), cost, memory, notes. ``run_state`` marks an incomplete set."""
     from asapbench.counting import MAC_CONVENTION
 
     pd = _pd()
@@ -395,6 +418,8 @@ def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     cells = df.drop_duplicates(subset=[*_GROUP, "res"], keep="last")  # one row per table cell
 
     out = [f"# {title}", ""]
+    if incomplete_line(run_state):
+        out += [incomplete_line(run_state), ""]
     out.append("Environment:")
     out += _env_lines(envs)
     out += ["", f"MAC counting: {MAC_CONVENTION}. GMACs are per image.", ""]
@@ -402,7 +427,8 @@ def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     out.append(
         "Times are medians in ms per image (ms per forward call / batch; batch "
         + ", ".join(map(str, batches))
-        + f"), input already on the device (GPU-only time on CUDA). † marks a coefficient of variation above {COV_WARN:.0%}. "
+        + f"), input already on the device (GPU-only time on CUDA). † marks a coefficient of variation (CoV, "
+        f"in % everywhere in this file) above {COV_WARN:.0%}; a speed-up carries it when either of its cells does. "
         "A cell that produced no time shows its status (see Notes)."
     )
     out.append("")
@@ -426,22 +452,31 @@ def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     usable = [v if status == "ok" and not _missing(v) and v else None
               for status, v in zip(cells.status, cells.ms_per_image.tolist())]
     ms = _grid(cells, usable, groups, res_cols)
+    noisy = _grid(cells, [_noisy(c) for c in cells["cov"].tolist()], groups, res_cols)
     body = []
     for variant in _ordered(g[1:] for g in groups):
         subjects = [g[0] for g in groups if g[1:] == variant and is_subject(g[0])]
         baselines = [g[0] for g in groups if g[1:] == variant and not is_subject(g[0])]
         for s in subjects:
             for b in baselines:
-                pairs = zip(ms.loc[(b, *variant)].tolist(), ms.loc[(s, *variant)].tolist())
-                cells_sb = ["" if _missing(vb) or _missing(vs) else _fmt_ratio(vb / vs) for vb, vs in pairs]
+                pairs = zip(ms.loc[(b, *variant)].tolist(), ms.loc[(s, *variant)].tolist(),
+                            noisy.loc[(b, *variant)].tolist(), noisy.loc[(s, *variant)].tolist())
+                cells_sb = ["" if _missing(vb) or _missing(vs) else _fmt_ratio(vb / vs) + ("†" if nb is True or ns is True else "")
+                            for vb, vs, nb, ns in pairs]
                 body.append([f"{s} vs {b}", *variant, *cells_sb])
     if body:
         out += _md_table(pd.DataFrame(body, columns=["comparison", "backend", "precision", "device", *res_cols]))
     else:
         out.append("(no ASAP-Net row and baseline row share a backend, precision and device)")
+    out += ["", "## Fastest per resolution", ""]
+    out += _fastest(cells)
+    out += ["", "## Backends per model (median ms per image; speed-up over the first backend)", ""]
+    out += _backend_comparison(cells)
     out += ["", "## End-to-end latency (ms per image, median; host input to host output)", ""]
     out += latency_table("e2e_ms_per_image")
 
+    out += ["", "## Models (preset and input channels per resolution)", ""]
+    out += _models_table(df, res_cols)
     out += ["", "## Cost (GMACs per image; parameters)", ""]
     models = _ordered(df.model)
     params = df[df.params.notna() & (df.params != 0)].groupby("model", sort=False).params.unique()
@@ -470,16 +505,95 @@ def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     return "\n".join(out)
 
 
-def write_markdown(rows: Sequence[BenchRow], path: str | os.PathLike, envs: Sequence[dict[str, Any]] | None = None) -> Path:
-    return atomic_write_text(path, markdown(rows, envs))
+def _fastest(cells: pd.DataFrame) -> list[str]:
+    """One line per resolution and device: the fastest ok cell, and the runner-up."""
+    ok = _rows_where(cells, [st == "ok" and not _missing(v) for st, v in zip(cells.status, cells.ms_per_image.tolist())])
+    if ok.empty:
+        return ["(no cell produced a time)"]
+    lines = []
+    for h, w in _resolutions(ok):
+        for where in _ordered(ok["where"]):
+            sel = ok[(ok.height == h) & (ok.width == w) & (ok["where"] == where)].sort_values("ms_per_image", kind="stable")
+            if sel.empty:
+                continue
+            recs = sel.to_dict("records")
+            best = recs[0]
+            text = (f"- {h}x{w} ({where}): **{best['model']} {best['label']} {best['precision']}**, "
+                    f"{_fmt_ms(best['ms_per_image'])} ms" + ("†" if _noisy(best["cov"]) else ""))
+            if len(recs) > 1:
+                nxt = recs[1]
+                text += (f"; next {nxt['model']} {nxt['label']} {nxt['precision']} {_fmt_ms(nxt['ms_per_image'])} ms "
+                         f"({_fmt_ratio(nxt['ms_per_image'] / best['ms_per_image'])} slower)")
+            lines.append(text)
+    return lines
+
+
+def _backend_comparison(cells: pd.DataFrame) -> list[str]:
+    """Per model, resolution, precision and device: every backend's median and its speed-up over the first one."""
+    pd = _pd()
+    ok = _rows_where(cells, [st == "ok" and not _missing(v) for st, v in zip(cells.status, cells.ms_per_image.tolist())])
+    labels = _ordered(ok.label) if not ok.empty else []
+    if len(labels) < 2:
+        return ["(one backend only: nothing to compare)"]
+    body = []
+    for key, sel in ok.groupby(["model", "res", "precision", "where"], sort=False):
+        by = {r["label"]: r for r in sel.to_dict("records")}
+        if len(by) < 2:
+            continue
+        ref = by[next(lb for lb in labels if lb in by)]
+        row = list(key)
+        for lb in labels:
+            r = by.get(lb)
+            if r is None:
+                row.append("")
+                continue
+            mark = "†" if _noisy(r["cov"]) or _noisy(ref["cov"]) else ""
+            row.append(f"{_fmt_ms(r['ms_per_image'])} ({_fmt_ratio(ref['ms_per_image'] / r['ms_per_image'])}){mark}")
+        body.append(row)
+    if not body:
+        return ["(no model ran on two backends at the same resolution)"]
+    return _md_table(pd.DataFrame(body, columns=["model", "res", "precision", "device", *labels]))
+
+
+def _models_table(df: pd.DataFrame, res_cols: list[str]) -> list[str]:
+    """Which preset (and how many input channels) each model ran with at each resolution."""
+    pd = _pd()
+    body = []
+    for m in _ordered(df.model):
+        sel = df[df.model == m]
+        row = [m]
+        for rc in res_cols:
+            at = sel[sel.res == rc]
+            if at.empty:
+                row.append("")
+                continue
+            r = at.iloc[0]
+            preset = r["preset"] or "?"
+            extra = f", {r['overrides']}" if r["overrides"] else ""
+            nc = "" if _missing(r["input_nc"]) else f"; {int(r['input_nc'])} input channels"
+            row.append(f"{preset}{extra}{nc}")
+        body.append(row)
+    return _md_table(pd.DataFrame(body, columns=["model", *res_cols]))
+
+
+def write_markdown(rows: Sequence[BenchRow], path: str | os.PathLike, envs: Sequence[dict[str, Any]] | None = None,
+                   run_state: dict[str, Any] | None = None) -> Path:
+    return atomic_write_text(path, markdown(rows, envs, run_state=run_state))
 
 
 # --------------------------------------------------------------------------------------------
 # JSON
 # --------------------------------------------------------------------------------------------
-def json_obj(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = None, sources: Sequence[str] = ()) -> dict[str, Any]:
+def json_obj(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = None, sources: Sequence[str] = (),
+             run_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """bench.json: schema, ``complete`` (false with ``incomplete`` = reason and counts for an interrupted
+    run), environments, columns and rows (each with its raw ``samples_ms`` / ``e2e_samples_ms``)."""
     envs = list(envs) if envs else _envs_from_rows(rows)
     obj: dict[str, Any] = {"schema": SCHEMA}
+    complete = not run_state or bool(run_state.get("complete", True))
+    obj["complete"] = complete
+    if not complete:
+        obj["incomplete"] = {k: run_state.get(k) for k in ("reason", "cells_done", "cells_total")}
     obj["environment"] = envs[0] if len(envs) == 1 else None
     obj["environments"] = envs
     if sources:
@@ -490,15 +604,43 @@ def json_obj(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
 
 
 def write_json(rows: Sequence[BenchRow], path: str | os.PathLike, envs: Sequence[dict[str, Any]] | None = None,
-               sources: Sequence[str] = ()) -> Path:
-    return atomic_write_json(path, json_obj(rows, envs, sources))
+               sources: Sequence[str] = (), run_state: dict[str, Any] | None = None) -> Path:
+    return atomic_write_json(path, json_obj(rows, envs, sources, run_state))
 
 
 # --------------------------------------------------------------------------------------------
 # plot
 # --------------------------------------------------------------------------------------------
 def plot_latency(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
-    """Log-log latency (ms per image, median) against megapixels, one line per model x backend."""
+    """Log-log latency (ms per image, median) against megapixels, one line per model x backend; with one
+    resolution, one bar per model x backend. Noisy cells (CoV above the threshold) are marked †."""
+    return atomic_write_bytes(path, plot_png(rows))
+
+
+def _bars(ax, df: pd.DataFrame, machines: list[str]) -> None:
+    """One horizontal bar per cell (one resolution), fastest at the top; noisy cells hatched and marked †."""
+    colors = __import__("matplotlib.pyplot").pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = _ordered(df.model)
+    recs = sorted(df.to_dict("records"), key=lambda r: r["ms_per_image"], reverse=True)
+    labels, values = [], []
+    for i, r in enumerate(recs):
+        noisy = _noisy(r["cov"])
+        labels.append(f"{r['model']} · {r['label']} {r['precision']} ({r['device']}"
+                      f"{': ' + r['machine'] if len(machines) > 1 else ''})" + (" †" if noisy else ""))
+        values.append(float(r["ms_per_image"]))
+        ax.barh(i, values[-1], color=colors[models.index(r["model"]) % len(colors)], hatch="//" if noisy else None,
+                edgecolor="black" if noisy else None)
+        ax.text(values[-1], i, f" {_fmt_ms(values[-1])}", va="center", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xscale("log")
+    (h, w), = _resolutions(df)
+    ax.set_xlabel(f"latency, ms per image (median, log scale); † = CoV > {COV_WARN:.0%}")
+    ax.set_title(f"Latency at {h}x{w}")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+
+
+def plot_png(rows: Sequence[BenchRow]) -> bytes:
+    """The PNG bytes of latency_vs_megapixels.png (see :func:`plot_latency`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -508,6 +650,12 @@ def plot_latency(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
     df = _rows_where(df, [status == "ok" and not _missing(v) and bool(v) for status, v in zip(df.status, df.ms_per_image.tolist())])
     machines = _ordered(df.machine)
     fig, ax = plt.subplots(figsize=(9.0, 5.0), dpi=120)
+    if len(_resolutions(df)) == 1:
+        _bars(ax, df, machines)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        plt.close(fig)
+        return buf.getvalue()
     models = _ordered(df.model)
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "P"]
@@ -522,6 +670,10 @@ def plot_latency(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
         label = f"{key[0]} · {key[1]} {key[2]} ({key[3]}{': ' + key[4] if len(machines) > 1 else ''})"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=styles[vi % len(styles)],
                 marker=markers[vi % len(markers)], color=colors[mi % len(colors)], label=label)
+    for (x, y), cov in zip(points, df["cov"].tolist()):
+        if _noisy(cov):  # noisy cells: a hollow ring and a dagger
+            ax.plot([x], [y], marker="o", markersize=11, markerfacecolor="none", markeredgecolor="red", linestyle="")
+            ax.annotate("†", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8, color="red")
     ax.set_xscale("log")
     ax.set_yscale("log")
     if not df.empty:
@@ -534,7 +686,7 @@ def plot_latency(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("image size (megapixels, log scale)")
     ax.set_ylabel("latency, ms per image (median)")
-    ax.set_title("Latency vs resolution")
+    ax.set_title(f"Latency vs resolution (red ring † = CoV > {COV_WARN:.0%})")
     ax.grid(True, which="both", alpha=0.3)
     if lines:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
@@ -543,23 +695,32 @@ def plot_latency(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------
 # all four
 # --------------------------------------------------------------------------------------------
 def render_all(rows: Sequence[BenchRow], out_dir: str | os.PathLike, envs: Sequence[dict[str, Any]] | None = None,
-               sources: Sequence[str] = ()) -> dict[str, Path]:
-    """Write bench.csv, bench.md, bench.json and latency_vs_megapixels.png into ``out_dir``."""
+               sources: Sequence[str] = (), run_state: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write bench.csv, bench.md, bench.json and latency_vs_megapixels.png into ``out_dir`` as one set.
+
+    All four are rendered first, then written to temporary names, then renamed one after the other
+    (no work between the renames), so the folder holds the old set or the new one, never a mix of a
+    new CSV and an old report. ``run_state`` (``complete``, ``reason``, ``cells_done``, ``cells_total``)
+    marks an incomplete set in bench.md and bench.json.
+    """
+    from asapbench.fsutil import replace_together
+
     out = Path(out_dir)
     rows = list(rows)
-    return {
-        "bench.csv": write_csv(rows, out / "bench.csv"),
-        "bench.md": write_markdown(rows, out / "bench.md", envs),
-        "bench.json": write_json(rows, out / "bench.json", envs, sources),
-        "latency_vs_megapixels.png": plot_latency(rows, out / "latency_vs_megapixels.png"),
+    contents = {
+        "bench.csv": csv_text(rows).encode("utf-8"),
+        "bench.md": markdown(rows, envs, run_state=run_state).encode("utf-8"),
+        "bench.json": (json.dumps(json_obj(rows, envs, sources, run_state), indent=2, default=str) + "\n").encode("utf-8"),
+        "latency_vs_megapixels.png": plot_png(rows),
     }
+    return replace_together(out, contents)
 
 
 def _sibling_envs(csv_path: Path) -> list[dict[str, Any]]:
@@ -588,6 +749,10 @@ def merge_report(csv_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
     envs: list[dict[str, Any]] = []
     for p in csv_paths:
         p = Path(p)
+        if p.is_dir():  # `asapbench report OUT`: the bench.csv in that folder
+            if not (p / "bench.csv").is_file():
+                raise UserError(f"{str(p)!r} is a folder without a bench.csv; pass a bench.csv or the --out folder of a run")
+            p = p / "bench.csv"
         these = read_csv(p)
         rows += these
         for e in _sibling_envs(p) or _envs_from_rows(these):

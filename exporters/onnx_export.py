@@ -355,17 +355,18 @@ def export_onnx(
     step = progress or (lambda s: None)
     model.prepare_for_inference()
     model.check_input_size(int(height), int(width))
-    out = ensure_writable_dir(out_dir, "export folder")
+    out = Path(out_dir)
     stem = onnx_stem(model, height, width, precision, dynamic, batch)
     job = _Job(model, height, width, precision, dynamic, batch, seed, tuple(check_sizes), label_dir,
                out / f"{stem}.onnx", out / f"{stem}.json", step)
     step("hashing weights")
     job.weights = weights_sha256(model)
     job.key = export_key(model, height, width, precision, dynamic, batch, opset, seed, job.weights)
-    if reuse:
+    if reuse:  # a valid export is reused from a read-only folder too: the write test comes after
         existing = _reuse(job, check)
         if existing is not None:
             return existing
+    ensure_writable_dir(out, "export folder")
     t0 = time.perf_counter()
     proto, timings, fp16_report = _trace_and_convert(job, opset)
     return _check_and_publish(job, proto, opset, timings, fp16_report, checkpoint, check, t0)

@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from asapbench.bench import backends as B
-from asapbench.bench.timing import COV_WARN, BudgetExceeded, CudaEventTimer, MemoryProbe, cpu_timer, run_loop, synced_wall_timer
+from asapbench.bench.timing import (
+    COV_WARN,
+    BudgetExceeded,
+    CudaEventTimer,
+    MemoryProbe,
+    cpu_timer,
+    run_loop,
+    synced_wall_timer,
+    tail_percentiles,
+)
 from asapbench.errors import MissingDependency, UserError
 from asapbench.report import BenchRow
 
@@ -65,6 +75,8 @@ class ModelPlan:
     checkpoint: str = ""
     problem: str = ""  # non-empty: the model cannot take this resolution
     cost: dict[str, Any] | None = None  # asapbench.counting.count_macs at batch 1
+    input_nc: int | None = None
+    memory: Any = None  # asapbench.bench.memory.MemoryEstimate at batch 1, fp32 (None: unknown)
 
     @property
     def key(self) -> tuple:
@@ -92,9 +104,17 @@ def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module]
             m = build_for_resolution(name, h, w, device="meta")
             p.overrides = dict(m.overrides)
         p.preset = m.preset
+        p.input_nc = getattr(m, "input_nc", None)
         p.cost = count_macs(m, h, w, batch=1)
     except UserError as exc:
         p.problem = str(exc)
+        return p
+    try:
+        from asapbench.bench.memory import estimate
+
+        p.memory = estimate(m, 1, h, w)
+    except Exception:  # noqa: BLE001 - an estimate that cannot be made blocks nothing
+        p.memory = None
     return p
 
 
@@ -144,12 +164,18 @@ _OOM_MARKERS = (
 )
 
 
+class MemoryRefused(MemoryError):
+    """The cell's memory estimate does not fit: refused before anything was allocated."""
+
+
 def classify_failure(exc: BaseException) -> tuple[str, str]:
     """(status, note) for an exception raised by a cell."""
     if isinstance(exc, B.Unsupported):
         return "unsupported", str(exc)
     if isinstance(exc, BudgetExceeded):
         return "budget", str(exc)
+    if isinstance(exc, MemoryRefused):
+        return "oom", str(exc)
     if isinstance(exc, MissingDependency) or type(exc).__name__ == "ProviderUnavailable":
         return "unsupported", str(exc)
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -173,31 +199,48 @@ def _free_device() -> None:
 # one cell
 # --------------------------------------------------------------------------------------------
 class _Rates:
-    """Best GMAC/s seen per (backend, precision, device): predicts whether a cell fits its budget."""
+    """Fastest seconds per run seen per (model, backend, precision, device), with the cell it came from:
+    forecasts a later cell of the same model by scaling with its MACs (never from another model)."""
 
     def __init__(self) -> None:
-        self.best: dict[tuple, float] = {}
+        self.best: dict[tuple, tuple[float, str]] = {}  # key -> (GMAC/s, "256x512")
 
-    def add(self, key: tuple, gmacs: float | None, ms: float | None) -> None:
+    def add(self, key: tuple, gmacs: float | None, ms: float | None, res: str = "") -> None:
         if gmacs and ms:
-            self.best[key] = max(self.best.get(key, 0.0), gmacs / (ms / 1e3))
+            rate = gmacs / (ms / 1e3)
+            if rate > self.best.get(key, (0.0, ""))[0]:
+                self.best[key] = (rate, res)
 
     def predict_s(self, key: tuple, gmacs: float | None) -> float | None:
-        rate = self.best.get(key)
+        rate = self.best.get(key, (None, ""))[0]
         return gmacs / rate if (rate and gmacs) else None
 
+    def source(self, key: tuple) -> str:
+        return self.best.get(key, (0.0, ""))[1]
 
-def _check_budget(rates: _Rates, key: tuple, row: BenchRow, cfg: "SweepConfig") -> None:
-    """Raise BudgetExceeded when the forecast of this cell's runs exceeds the per-cell budget."""
+
+def _runs(cfg: SweepConfig) -> int:
+    return cfg.warmup + cfg.iters + cfg.e2e_warmup + cfg.e2e_iters
+
+
+def _check_budget(rates: _Rates, key: tuple, row: BenchRow, cfg: SweepConfig) -> float | None:
+    """The forecast seconds per run of this cell (from this model's own earlier cells, MACs-scaled; None
+    without one). Raises BudgetExceeded only when a single run would not fit the budget: a cell that
+    one run fits is started, and the timing loop decides from its own first run."""
     pred = rates.predict_s(key, row.gmacs * cfg.batch if row.gmacs else None)
-    runs = cfg.warmup + cfg.iters + cfg.e2e_warmup + cfg.e2e_iters
-    if cfg.budget_s and pred is not None and pred * runs > cfg.budget_s:
+    if cfg.budget_s and pred is not None and pred > cfg.budget_s:
         raise BudgetExceeded(
-            f"predicted {pred:.3g} s per run (from the fastest GMAC/s of earlier cells on this "
-            f"backend): {runs} runs would exceed the {cfg.budget_s:g} s budget; not run")
+            f"forecast {pred:.3g} s per run (from {row.model}'s own {rates.source(key)} cell on {row.backend}, "
+            f"scaled by MACs): even one run exceeds the {cfg.budget_s:g} s budget; not run; "
+            f"pass --budget {_suggest_budget(pred * _runs(cfg))} (or --budget 0 for none) to time it")
+    return pred
 
 
-def measure_cell(row: BenchRow, cell: B.Cell, cfg: "SweepConfig", on_phase: Callable[[str], None] | None = None) -> BenchRow:
+def _suggest_budget(seconds: float) -> str:
+    return f"{max(1, int(seconds * 1.3 + 1)):d}"
+
+
+def measure_cell(row: BenchRow, cell: B.Cell, cfg: SweepConfig, on_phase: Callable[[str], None] | None = None) -> BenchRow:
     """Prepare, load, warm up and time one cell, filling ``row`` (exceptions propagate to the caller)."""
     say = on_phase or (lambda s: None)
     runner = B.make_runner(cell)
@@ -230,7 +273,7 @@ def measure_cell(row: BenchRow, cell: B.Cell, cfg: "SweepConfig", on_phase: Call
         _free_device()
 
 
-def _time_device(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: "SweepConfig", deadline: float | None,
+def _time_device(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: SweepConfig, deadline: float | None,
                  say: Callable[[str], None]) -> None:
     """Warm-up and timed runs of the device-resident forward; fills the latency columns."""
     timer = CudaEventTimer() if cell.device == "cuda" else cpu_timer
@@ -238,13 +281,15 @@ def _time_device(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: "SweepConfi
                     min_seconds=cfg.min_seconds, deadline=deadline, on_run=lambda phase, i: say(f"{phase} {i}"))
     st = loop.stats
     assert st is not None
-    row.ms_median, row.ms_mean, row.ms_p90, row.ms_p99 = st.median, st.mean, st.p90, st.p99
+    row.samples_ms = list(loop.samples_ms)
+    row.ms_median, row.ms_mean = st.median, st.mean
+    row.ms_p90, row.ms_p99 = tail_percentiles(st)
     row.ms_min, row.ms_max, row.ms_std, row.cov = st.min, st.max, st.std, st.cov
     row.iters, row.warmup_iters, row.timed_s = st.n, loop.warmup_runs, loop.timed_s
     row.img_per_s = cell.batch * 1e3 / st.mean if st.mean > 0 else None
 
 
-def _time_e2e(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: "SweepConfig", deadline: float | None,
+def _time_e2e(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: SweepConfig, deadline: float | None,
               say: Callable[[str], None]) -> None:
     """End-to-end runs (host input to host output); fills the e2e columns."""
     sync = torch.cuda.synchronize if cell.device == "cuda" else None
@@ -252,6 +297,7 @@ def _time_e2e(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: "SweepConfig",
                    iters=cfg.e2e_iters, min_seconds=cfg.e2e_min_seconds, deadline=deadline,
                    on_run=lambda p, i: say(f"end-to-end {i}"))
     assert e2e.stats is not None
+    row.e2e_samples_ms = list(e2e.samples_ms)
     row.e2e_ms_median, row.e2e_ms_mean, row.e2e_iters = e2e.stats.median, e2e.stats.mean, e2e.stats.n
 
 
@@ -261,12 +307,16 @@ def _time_e2e(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: "SweepConfig",
 @dataclass
 class SweepEvent:
     """What the sweep tells its renderer: ``start`` (``total`` cells), ``cell`` (``text`` = the cell's
-    label), ``row`` (a finished ``row``) or ``warning`` (``text``)."""
+    label, ``index`` its number from 1, ``eta_s`` the forecast seconds left in the sweep and ``cell_eta_s``
+    this cell's, None when unknown), ``row`` (a finished ``row``) or ``warning`` (``text``)."""
 
     kind: str
     text: str = ""
     row: BenchRow | None = None
     total: int = 0
+    index: int = 0
+    eta_s: float | None = None
+    cell_eta_s: float | None = None
 
 
 def _env_columns(env: dict[str, Any]) -> dict[str, str]:
@@ -277,12 +327,12 @@ def _env_columns(env: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _new_row(plan: ModelPlan, backend: str, precision: str, cfg: "SweepConfig", threads: int,
+def _new_row(plan: ModelPlan, backend: str, precision: str, cfg: SweepConfig, threads: int,
              env_cols: dict[str, str]) -> BenchRow:
     row = BenchRow(model=plan.name, preset=plan.preset, overrides=_fmt_overrides(plan.overrides),
                    checkpoint=plan.checkpoint, backend=backend, precision=precision, device=cfg.device,
                    cuda_graph=cfg.cuda_graph, height=plan.height, width=plan.width, batch=cfg.batch, threads=threads,
-                   **env_cols)
+                   input_nc=plan.input_nc, **env_cols)
     if plan.cost is not None:
         row.params, row.macs = int(plan.cost["params"]), int(plan.cost["macs"])
         row.gmacs = row.macs / 1e9
@@ -298,7 +348,7 @@ def _fail(row: BenchRow, exc: BaseException) -> None:
     _free_device()
 
 
-def iter_sweep(cfg: "SweepConfig", env: dict[str, Any] | None = None,
+def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
                checkpoint_models: dict[str, torch.nn.Module] | None = None,
                on_phase: Callable[[str], None] | None = None) -> Iterator[SweepEvent]:
     """Run every cell of ``cfg``, yielding events; ``on_phase`` hears the stages inside a cell."""
@@ -313,39 +363,60 @@ def iter_sweep(cfg: "SweepConfig", env: dict[str, Any] | None = None,
         torch.set_num_threads(cfg.threads)
     threads = cfg.threads or torch.get_num_threads()
     rates = _Rates()
-    yield SweepEvent("start", total=len(plans) * len(cfg.backends) * len(cfg.precisions))
+    total = len(plans) * len(cfg.backends) * len(cfg.precisions)
+    yield SweepEvent("start", total=total)
     model, model_key = None, None
+    index = 0
+    spent: list[float] = []  # seconds of the cells that ran (not refused up front)
     for plan in plans:
         for backend in cfg.backends:
             for precision in cfg.precisions:
+                index += 1
                 t_cell = time.perf_counter()
                 row = _new_row(plan, backend, precision, cfg, threads, env_cols)
                 label = f"{plan.name} {plan.height}x{plan.width} {backend} {precision}"
-                yield SweepEvent("cell", text=label)
+                key = (plan.name, backend, precision, cfg.device)
+                pred = rates.predict_s(key, row.gmacs * cfg.batch if row.gmacs else None)
+                cell_eta = pred * _runs(cfg) if pred is not None else None
+                left = total - index + 1
+                eta = (sum(spent) / len(spent)) * left if spent else None
+                yield SweepEvent("cell", text=label, index=index, eta_s=eta, cell_eta_s=cell_eta)
+                ran = False
                 try:
                     if plan.problem:
                         raise B.Unsupported(plan.problem)
                     reason = B.unsupported_reason(backend, cfg.device, precision, cfg.cuda_graph)
                     if reason:
-                        raise B.Unsupported(reason)
+                        raise B.Unsupported(_with_install_state(backend, cfg.device, reason))
+                    _check_memory(plan, cfg, precision)
+                    _check_budget(rates, key, row, cfg)
+                    ran = True
                     if model_key != plan.key:
                         model, model_key = None, None
                         phase(f"{label}: building")
                         model, model_key = build_model(plan, ckpts, cfg.seed), plan.key
-                    key = (backend, precision, cfg.device)
-                    _check_budget(rates, key, row, cfg)
                     cell = B.Cell(model=model, x=example_input(model, cfg.batch, plan.height, plan.width, seed=cfg.seed),
                                   height=plan.height, width=plan.width, batch=cfg.batch, backend=backend,
                                   precision=precision, device=cfg.device, cuda_graph=cfg.cuda_graph, threads=threads,
                                   cache_dir=cfg.cache_dir, seed=cfg.seed, export_check=cfg.export_check,
                                   progress=lambda s, label=label: phase(f"{label}: {s}"))
                     measure_cell(row, cell, cfg, on_phase=cell.progress)
-                    rates.add(key, row.gmacs * cfg.batch, row.ms_min)
+                    rates.add(key, row.gmacs * cfg.batch if row.gmacs else None, row.ms_min, plan_res(plan))
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a row
+                    from asapbench.fsutil import DiskFull, is_enospc
+
+                    if is_enospc(exc) or isinstance(exc, DiskFull):
+                        _free_device()
+                        raise DiskFull(cfg.cache_dir, _export_bytes(plan, precision), "--cache-dir folder") from None
                     _fail(row, exc)
+                    if "not writable" in row.note and str(cfg.cache_dir) in row.note:
+                        # the export/engine folder is the cache: name the option that moves it
+                        row.note = row.note.split("; pass a writable")[0] + "; pass a writable --cache-dir folder"
                 row.cell_s = time.perf_counter() - t_cell
+                if ran:
+                    spent.append(row.cell_s)
                 yield SweepEvent("row", row=row)
                 if row.status == "ok" and row.cov is not None and row.cov > COV_WARN:
                     yield SweepEvent("warning", text=(
@@ -353,9 +424,47 @@ def iter_sweep(cfg: "SweepConfig", env: dict[str, Any] | None = None,
                         "the machine was busy or clocks varied: rerun with more --iters/--min-seconds"))
 
 
+def plan_res(plan: ModelPlan) -> str:
+    return f"{plan.height}x{plan.width}"
+
+
+def _export_bytes(plan: ModelPlan, precision: str) -> int:
+    """About how many bytes the cell's ONNX export writes (its weights at the precision, plus 10%)."""
+    params = int((plan.cost or {}).get("params") or 0)
+    return int(params * (2 if precision == "fp16" else 4) * 1.1)
+
+
+def _check_memory(plan: ModelPlan, cfg: SweepConfig, precision: str) -> None:
+    """Refuse (MemoryError: an ``oom`` row) a cell whose memory estimate exceeds what the device has free."""
+    from asapbench.bench.memory import MemoryEstimate, fits
+
+    est = plan.memory
+    if est is None:
+        return
+    scale = 0.5 if precision == "fp16" else 1.0
+    cell_est = MemoryEstimate(int(est.weights * scale), int(est.activations * scale * cfg.batch), est.io * cfg.batch)
+    ok, why = fits(cell_est, cfg.device)
+    if not ok:
+        raise MemoryRefused(f"not run: {why}")
+
+
+def _with_install_state(backend: str, device: str, reason: str) -> str:
+    """A device reason plus whether the backend's runtime is installed at all (TensorRT on a CPU machine
+    says both: it needs --device cuda *and* it is not installed)."""
+    b = B.BACKENDS.get(backend)
+    if b is None or device in b.devices or "cuda" not in b.devices:
+        return reason
+    try:
+        missing = b.runner_class().availability(b, "cuda")
+    except Exception as exc:  # noqa: BLE001
+        missing = str(exc)
+    return f"{reason}; also {missing}" if missing else reason
+
+
 def cpu_defaults() -> dict[str, Any]:
-    """Loop settings for a CPU run (chosen so `asapbench run` finishes in < 5 min on 2 cores)."""
-    return dict(warmup=2, warmup_seconds=0.0, iters=3, min_seconds=1.0, e2e_warmup=0, e2e_iters=1, e2e_min_seconds=0.0)
+    """Loop settings for a CPU run: a stable median (>= 10 runs and >= 3 s, as trtexec), end-to-end from 5 runs;
+    the default `asapbench run` (3 models at 256x512, torch and onnxruntime) takes about 5 min on 2 cores."""
+    return dict(warmup=2, warmup_seconds=0.0, iters=10, min_seconds=3.0, e2e_warmup=1, e2e_iters=5, e2e_min_seconds=0.0)
 
 
 def cuda_defaults() -> dict[str, Any]:

@@ -9,7 +9,9 @@ Method (results/README.md, "Timing method"):
 - a warm-up of at least ``warmup`` runs *and* ``warmup_seconds`` seconds precedes the timed runs,
   which go on for at least ``iters`` runs *and* ``min_seconds`` seconds;
 - statistics over the per-run times: mean, median, p90, p99 (numpy's linear interpolation), min,
-  max, sample standard deviation (ddof=1) and coefficient of variation std/mean.
+  max, sample standard deviation (ddof=1) and coefficient of variation std/mean. A result row
+  reports p90 only from :data:`P90_MIN_SAMPLES` runs and p99 only from :data:`P99_MIN_SAMPLES`
+  runs (:func:`tail_percentiles`); with fewer the columns are empty.
 """
 
 from __future__ import annotations
@@ -19,11 +21,20 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 #: a coefficient of variation above this gets a warning in the row's note and on the console
 COV_WARN = 0.05
+#: fewest samples a reported p90 / p99 needs (below, the percentile is an interpolation between the top runs)
+P90_MIN_SAMPLES = 10
+P99_MIN_SAMPLES = 100
+
+
+def tail_percentiles(stats: Stats) -> tuple[float | None, float | None]:
+    """(p90, p99) of ``stats`` where the sample count supports them, else None."""
+    return (stats.p90 if stats.n >= P90_MIN_SAMPLES else None,
+            stats.p99 if stats.n >= P99_MIN_SAMPLES else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +295,7 @@ class MemoryProbe:
         self._min_free: int | None = None
         self._maxrss0 = 0
 
-    def start(self) -> "MemoryProbe":
+    def start(self) -> MemoryProbe:
         release_memory()
         if self.kind == "cpu":
             self._base = current_rss_bytes() or 0

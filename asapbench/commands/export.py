@@ -270,7 +270,8 @@ def register(app) -> None:
 
         err, std = Console(stderr=True), Console()
         with Progress(SpinnerColumn(), TextColumn("[bold]export[/bold] {task.description}"), TimeElapsedColumn(),
-                      console=err, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
+                      console=err, transient=True, redirect_stdout=False, redirect_stderr=False,
+                      disable=not err.is_terminal) as bar:  # off a terminal the bar would print a blank line
             task = bar.add_task("starting", total=None)
 
             def log(msg: str) -> None:

@@ -10,8 +10,9 @@ Typer commands are thin shells over these.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -117,7 +118,7 @@ def build_config(
     precisions = _split(precision) or (["fp32", "fp16"] if dev == "cuda" else ["fp32"])
     for p in precisions:
         if p not in PRECISIONS:
-            raise UserError(f"unknown precision {p!r}; choose from: {', '.join(PRECISIONS)}")
+            raise UserError(f"unknown --precision {p!r}; choose from: {', '.join(PRECISIONS)}")
     if cuda_graph and dev != "cuda":
         raise UserError("--cuda-graph needs a GPU (--device cuda); CUDA graphs do not exist on the CPU")
     if batch < 1:
@@ -150,18 +151,38 @@ def run_benchmark(out: str | os.PathLike = DEFAULT_OUT, progress: bool | None = 
                   **options: Any):
     """Validate ``options`` (see :func:`build_config`), run the sweep, write the four outputs into ``out``.
 
-    Returns the list of :class:`asapbench.report.BenchRow`.
+    Returns the list of :class:`asapbench.report.BenchRow`. An interrupted sweep (Ctrl-C, SIGTERM)
+    writes the finished rows as an incomplete set and raises :class:`SweepInterrupted`.
     """
+    from asapbench.fsutil import ensure_writable_dir
+
+    cfg = build_config(**options)
+    created = not Path(out).exists()
+    out_dir = ensure_writable_dir(out, "--out folder")
+    try:
+        return _run_into(cfg, out_dir, progress, argv)
+    except BaseException:
+        if created:  # a failed command leaves no empty folder behind
+            _remove_if_empty(out_dir)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError:
+        pass
+
+
+def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None):
     import sys
 
     import torch
 
     from asapbench.bench.sweep import plan_models
     from asapbench.bench.system import snapshot
-    from asapbench.fsutil import ensure_writable_dir
 
-    cfg = build_config(**options)
-    out_dir = ensure_writable_dir(out, "--out folder")
     ckpt_models = {}
     if cfg.checkpoints:
         from asapbench.checkpoint import load_generator
@@ -220,7 +241,7 @@ class SweepDisplay:
     def _render(self):
         return self._group(self._table(), self.progress) if self.rows else self._group(self.progress)
 
-    def __enter__(self) -> "SweepDisplay":
+    def __enter__(self) -> SweepDisplay:
         if self.live is not None:
             self.live.__enter__()
         return self
@@ -235,7 +256,30 @@ class SweepDisplay:
 
     def phase(self, text: str) -> None:
         if self.enabled:
-            self.progress.update(self.task, description=text)
+            self.progress.update(self.task, description=f"{text}{self.eta}")
+
+    eta = ""
+
+    def cell(self, ev) -> None:
+        """A cell starts: its label plus the forecast time left for it and for the sweep."""
+        parts = []
+        if ev.cell_eta_s is not None:
+            parts.append(f"cell ~{_fmt_s(ev.cell_eta_s)}")
+        if ev.eta_s is not None:
+            parts.append(f"sweep ~{_fmt_s(ev.eta_s)} left")
+        self.eta = f" [{'; '.join(parts)}]" if parts else ""
+        self.phase(ev.text)
+
+    def reason(self, text: str) -> None:
+        """One console line for a cell that produced no time (both with and without the progress bar)."""
+        if self.enabled:
+            from rich.markup import escape
+
+            self.console.print(f"[red]no time:[/red] {escape(text)}")
+        else:
+            import sys
+
+            print(f"asapbench: no time: {text}", file=sys.stderr)
 
     def finished(self, row) -> None:
         self.rows.append(row)
@@ -252,39 +296,173 @@ class SweepDisplay:
             print(f"asapbench: warning: {text}", file=sys.stderr)
 
 
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+#: in-progress rows of a running sweep (the four result files are only replaced at the end)
+PARTIAL_CSV = "bench.partial.csv"
+_SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the sweep is, so that the same path as Ctrl-C writes the files."""
+
+
+#: the last interruption of this process (Terminated / SweepInterrupted): click turns a KeyboardInterrupt
+#: into a plain return value of 130 in non-standalone mode, so ``cli.main`` looks here for what happened
+LAST_INTERRUPT: list[BaseException] = []
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """An interrupted sweep after its rows were written (still a KeyboardInterrupt for library callers);
+    ``cli.main`` prints its message and exits ``exit_code`` (130 SIGINT, 143 SIGTERM)."""
+
+    asapbench_exit = True
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NoTimes(Exception):
+    """A sweep in which no cell produced a time: exit 2 (the reasons were printed one per cell)."""
+
+    asapbench_exit = True
+    exit_code = 2
+
+
+def fix_hint(row, cfg=None) -> str:
+    """What to change for a cell that produced no time."""
+    note = row.note or ""
+    if row.status == "budget":
+        now = f" (now {cfg.budget_s:g} s)" if cfg is not None and cfg.budget_s else ""
+        return "" if "--budget" in note else f"; raise --budget{now}, 0 for none, or lower --iters/--min-seconds"
+    if row.status == "unsupported":
+        return "" if "--" in note else "; leave it out of --backends/--precision"
+    if row.status == "error":
+        return "; see bench.md Notes (rerun this cell alone with --models/--backends to debug)"
+    if row.status == "oom":
+        return "" if "--" in note else "; choose a smaller --res or --batch"
+    return ""
+
+
+def reason_line(row, cfg=None) -> str:
+    return (f"{row.model} {row.res} {row.backend} {row.precision} {row.device}: {row.status}: "
+            f"{row.note}{fix_hint(row, cfg)}")
+
+
+def _sigterm_raises():
+    """Context: SIGTERM raises :class:`Terminated` (main thread only); the old handler is restored after."""
+    import contextlib
+    import signal
+    import threading
+
+    @contextlib.contextmanager
+    def cm():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            LAST_INTERRUPT.append(Terminated())
+            raise LAST_INTERRUPT[-1]
+
+        old = signal.signal(signal.SIGTERM, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+    return cm()
+
+
 def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = None, progress: bool = True,
                  checkpoint_models: dict | None = None) -> list:
-    """Run the sweep engine and render its events: bench.csv rewritten (atomically) after every cell, so
-    Ctrl-C keeps every finished row; bench.md, bench.json and the plot from the finished rows at the end
-    (and on Ctrl-C, before re-raising)."""
+    """Run the sweep engine and render its events into ``out_dir``, which it locks for the run.
+
+    Finished rows go to bench.partial.csv after every cell; the four result files (bench.csv,
+    bench.md, bench.json, plot) are replaced together at the end, so the folder always holds one
+    consistent set (the earlier run's until this one ends). On Ctrl-C or SIGTERM the finished rows
+    are written as a set marked incomplete and :class:`SweepInterrupted` is raised (exit 130 / 143);
+    a sweep without a single time raises :class:`NoTimes` after writing its files.
+    """
     from asapbench.bench.sweep import iter_sweep
     from asapbench.bench.system import snapshot
-    from asapbench.report import render_all, write_csv
+    from asapbench.fsutil import DiskFull, FolderLock, atomic_write_text, clean_stale_tmp
+    from asapbench.report import csv_text, render_all
 
     out_dir = Path(out_dir)
     env = env if env is not None else snapshot()
     rows: list = []
+    total = 0
     display = SweepDisplay(progress)
+    lock = FolderLock(out_dir, "--out").acquire()
     try:
-        with display:
-            for ev in iter_sweep(cfg, env=env, checkpoint_models=checkpoint_models, on_phase=display.phase):
-                if ev.kind == "start":
-                    display.start(ev.total)
-                elif ev.kind == "cell":
-                    display.phase(ev.text)
-                elif ev.kind == "row":
-                    rows.append(ev.row)
-                    write_csv(rows, out_dir / "bench.csv")
-                    display.finished(ev.row)
-                elif ev.kind == "warning":
-                    display.warn(ev.text)
-            display.phase("done")
-    except KeyboardInterrupt:
-        if rows:
-            render_all(rows, out_dir, [env])
-        raise
-    render_all(rows, out_dir, [env])
+        if lock.stale:
+            display.warn(f"took over the lock of an earlier run that no longer exists (pid {lock.stale.get('pid')})")
+        for folder in (out_dir, Path(cfg.cache_dir) / "onnx", Path(cfg.cache_dir) / "engines"):
+            for f in clean_stale_tmp(folder):
+                display.warn(f"removed a stale temporary file {f} (left by a killed run)")
+        try:
+            with _sigterm_raises(), display:
+                for ev in iter_sweep(cfg, env=env, checkpoint_models=checkpoint_models, on_phase=display.phase):
+                    if ev.kind == "start":
+                        total = ev.total
+                        display.start(ev.total)
+                    elif ev.kind == "cell":
+                        display.cell(ev)
+                    elif ev.kind == "row":
+                        rows.append(ev.row)
+                        atomic_write_text(out_dir / PARTIAL_CSV, csv_text(rows))
+                        display.finished(ev.row)
+                        if ev.row.status != "ok":
+                            display.reason(reason_line(ev.row, cfg))
+                    elif ev.kind == "warning":
+                        display.warn(ev.text)
+                display.phase("done")
+        except KeyboardInterrupt as exc:
+            sig = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            with _sigterm_raises():  # a second signal while writing must not leave a half-replaced set
+                state = {"complete": False, "reason": f"interrupted ({sig})", "cells_done": len(rows), "cells_total": total}
+                if rows:
+                    render_all(rows, out_dir, [env], run_state=state)
+                    kept = f"kept {len(rows)} row(s) in {out_dir} (marked incomplete)"
+                else:
+                    kept = f"no row finished; {out_dir} is unchanged"
+                _unlink(out_dir / PARTIAL_CSV)
+            stop = SweepInterrupted(f"interrupted ({sig}) after {len(rows)} of {total} cells; {kept}", _SIGNAL_EXIT[sig])
+            LAST_INTERRUPT.append(stop)
+            raise stop from None
+        except Exception as exc:
+            if isinstance(exc, DiskFull) and (out_dir / PARTIAL_CSV).is_file():
+                raise UserError(f"{exc}; the finished rows are in {out_dir / PARTIAL_CSV}") from None
+            if rows and not isinstance(exc, DiskFull):  # keep what finished, marked incomplete
+                state = {"complete": False, "reason": f"stopped by an error ({type(exc).__name__})",
+                         "cells_done": len(rows), "cells_total": total}
+                render_all(rows, out_dir, [env], run_state=state)
+                _unlink(out_dir / PARTIAL_CSV)
+            raise
+        try:
+            render_all(rows, out_dir, [env], run_state={"complete": True, "cells_done": len(rows), "cells_total": total})
+        except DiskFull as exc:
+            raise UserError(f"{exc}; the finished rows are in {out_dir / PARTIAL_CSV}") from None
+        _unlink(out_dir / PARTIAL_CSV)
+    finally:
+        lock.release()
     return rows
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def report(csvs: Iterable[str | os.PathLike], out: str | os.PathLike):
@@ -292,6 +470,15 @@ def report(csvs: Iterable[str | os.PathLike], out: str | os.PathLike):
     from asapbench.report import merge_report
 
     return merge_report(list(csvs), out)
+
+
+def no_time_summary(rows, out) -> str:
+    from collections import Counter
+
+    c = Counter(r.status for r in rows)
+    what = ", ".join(f"{n} {s}" for s, n in c.items()) or "no cells"
+    return (f"no cell produced a time ({what}; reasons above, one line per cell); wrote the rows to {out}; "
+            "change the options those lines name")
 
 
 def _summary(rows) -> str:
@@ -312,9 +499,9 @@ def register(app: typer.Typer) -> None:
         batch: Annotated[int, typer.Option("--batch", help="Images per forward call.")] = 1,
         warmup: Annotated[Optional[int], typer.Option("--warmup", help="Warm-up runs, at least (default: 2 on CPU, 10 on CUDA).")] = None,
         warmup_seconds: Annotated[Optional[float], typer.Option("--warmup-seconds", help="Warm-up seconds, at least (default: 0 on CPU, 1 on CUDA).")] = None,
-        iters: Annotated[Optional[int], typer.Option("--iters", "-n", help="Timed runs, at least (default: 3 on CPU, 50 on CUDA).")] = None,
-        min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Timed seconds, at least (default: 1 on CPU, 3 on CUDA).")] = None,
-        e2e_iters: Annotated[Optional[int], typer.Option("--e2e-iters", help="End-to-end runs (host to host), 0 to skip (default: 1 on CPU, 20 on CUDA).")] = None,
+        iters: Annotated[Optional[int], typer.Option("--iters", "-n", help="Timed runs, at least (default: 10 on CPU, 50 on CUDA).")] = None,
+        min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Timed seconds, at least (default: 3 on CPU and CUDA).")] = None,
+        e2e_iters: Annotated[Optional[int], typer.Option("--e2e-iters", help="End-to-end runs (host to host), 0 to skip (default: 5 on CPU, 20 on CUDA).")] = None,
         budget: Annotated[float, typer.Option("--budget", help="Per-cell seconds for warm-up, timed and end-to-end runs; a cell over it gets status 'budget' (0: none).")] = DEFAULT_BUDGET_S,
         checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="MODEL=PATH: time these weights (their configuration is kept at every resolution).")] = None,
         cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Replay a captured CUDA graph (torch, onnxruntime CUDA, TensorRT).")] = False,
@@ -327,16 +514,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Time models x resolutions x backends x precisions; write CSV, markdown, JSON and a plot."""
         rows = run_benchmark(
-            out=out, progress=progress, models=models, res=res, backends=backends, precision=precision, device=device,
-            batch=batch, warmup=warmup, warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds,
-            e2e_iters=e2e_iters, budget=budget, checkpoint=checkpoint, cuda_graph=cuda_graph, threads=threads,
-            cache_dir=cache_dir, seed=seed, export_check=export_check,
+            out=out, progress=progress, models=models, res=res, backends=backends, precision=precision,
+            device=device, batch=batch, warmup=warmup, warmup_seconds=warmup_seconds, iters=iters,
+            min_seconds=min_seconds, e2e_iters=e2e_iters, budget=budget, checkpoint=checkpoint, cuda_graph=cuda_graph,
+            threads=threads, cache_dir=cache_dir, seed=seed, export_check=export_check,
         )
+        if not any(r.status == "ok" for r in rows):
+            raise NoTimes(no_time_summary(rows, out))
         typer.echo(f"{_summary(rows)}; wrote bench.csv, bench.md, bench.json, latency_vs_megapixels.png to {out}")
 
     @app.command("report")
     def report_cmd(
-        csvs: Annotated[list[Path], typer.Argument(help="bench.csv files written by `asapbench run`.")],
+        csvs: Annotated[list[Path], typer.Argument(help="bench.csv files written by `asapbench run`, or the folders holding them.")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(DEFAULT_OUT) / "report",
     ) -> None:
         """Merge bench.csv files and render bench.csv, bench.md, bench.json and the plot again."""

@@ -87,6 +87,8 @@ def positional_table(scale: int) -> torch.Tensor:
     CPU, rounding after each step, as the official code does (bit-exact).
     """
     levels = int(math.log2(scale))
+    if torch.empty(()).is_meta:  # built under torch.device("meta") (planning, counting): shape only, nothing allocated
+        return torch.empty(scale * scale, 4 * levels, dtype=torch.float32)
     coord = torch.arange(scale, dtype=torch.float32, device="cpu")
     two_pi = torch.tensor(2 * math.pi, dtype=torch.float32, device="cpu")
     chans = []
