@@ -39,7 +39,7 @@ from asapbench.fsutil import atomic_write_json, default_file_mode, ensure_writab
 #: opset of the exported graphs (>= 17 for the InstanceNormalization/Pad forms TensorRT 10 parses)
 DEFAULT_OPSET = 20
 #: bump when the exported graph or the sidecar changes meaning: invalidates every cached export
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: ASAP-Net's pixelwise stream exported in its fast formulation
 INPUT_NAME = "label"
 OUTPUT_NAME = "image"
 PRECISIONS = ("fp32", "fp16")
@@ -167,6 +167,7 @@ def export_key(
         "model": model.model_name or type(model).__name__,
         "preset": model.preset,
         "config": json.loads(json.dumps(dict(model.config), sort_keys=True, default=str)),
+        "graph_variant": model.graph_variant,
         "resolution": [height, width],
         "batch": batch,
         "precision": precision,

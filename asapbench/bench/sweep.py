@@ -350,15 +350,20 @@ def _fail(row: BenchRow, exc: BaseException) -> None:
 
 def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
                checkpoint_models: dict[str, torch.nn.Module] | None = None,
-               on_phase: Callable[[str], None] | None = None) -> Iterator[SweepEvent]:
-    """Run every cell of ``cfg``, yielding events; ``on_phase`` hears the stages inside a cell."""
+               on_phase: Callable[[str], None] | None = None,
+               plans: list[ModelPlan] | None = None) -> Iterator[SweepEvent]:
+    """Run every cell of ``cfg``, yielding events; ``on_phase`` hears the stages inside a cell.
+
+    ``plans``: :func:`plan_models` of ``cfg`` when the caller already made them (planned once per run).
+    """
     from asapbench.bench.system import snapshot
     from asapbench.inputs import example_input
 
     phase = on_phase or (lambda s: None)
     env_cols = _env_columns(env if env is not None else snapshot())
     ckpts = checkpoint_models or {}
-    plans = plan_models(cfg.models, cfg.resolutions, ckpts)
+    if plans is None:
+        plans = plan_models(cfg.models, cfg.resolutions, ckpts)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = cfg.threads or torch.get_num_threads()

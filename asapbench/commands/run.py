@@ -69,9 +69,11 @@ def _parse_checkpoints(values: Iterable[str] | None, models: list[str]) -> dict[
         name, path = (s.strip() for s in v.split("=", 1))
         if name not in models:
             raise UserError(f"--checkpoint {v!r}: model {name!r} is not among --models ({', '.join(models)})")
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise UserError(f"--checkpoint {v!r}: no such file {path!r}")
-        out[name] = path
+        from asapbench.checkpoint import resolve_checkpoint_path
+
+        out[name] = str(resolve_checkpoint_path(path))  # a file, or a run folder with latest_net_G.pth
     return out
 
 
@@ -189,7 +191,7 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None)
 
         for name, path in cfg.checkpoints.items():
             ckpt_models[name] = load_generator(name, None, path).prepare_for_inference()
-    plan_models(cfg.models, cfg.resolutions, ckpt_models)  # bad resolutions fail here, before any work
+    plans = plan_models(cfg.models, cfg.resolutions, ckpt_models)  # bad resolutions fail here, before any work
     env = snapshot(argv)
     if any(b.startswith("onnxruntime") for b in cfg.backends) and env.get("onnxruntime_version"):
         from asapbench.bench.runner_ort import ort_providers
@@ -200,7 +202,7 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None)
                                                   "e2e_iters", "e2e_min_seconds", "budget_s", "batch", "seed")}
     if progress is None:
         progress = sys.stderr.isatty()
-    return render_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models)
+    return render_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models, plans=plans)
 
 
 class SweepDisplay:
@@ -383,7 +385,7 @@ def _sigterm_raises():
 
 
 def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = None, progress: bool = True,
-                 checkpoint_models: dict | None = None) -> list:
+                 checkpoint_models: dict | None = None, plans: list | None = None) -> list:
     """Run the sweep engine and render its events into ``out_dir``, which it locks for the run.
 
     Finished rows go to bench.partial.csv after every cell; the four result files (bench.csv,
@@ -411,7 +413,8 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
                 display.warn(f"removed a stale temporary file {f} (left by a killed run)")
         try:
             with _sigterm_raises(), display:
-                for ev in iter_sweep(cfg, env=env, checkpoint_models=checkpoint_models, on_phase=display.phase):
+                for ev in iter_sweep(cfg, env=env, checkpoint_models=checkpoint_models, on_phase=display.phase,
+                                     plans=plans):
                     if ev.kind == "start":
                         total = ev.total
                         display.start(ev.total)

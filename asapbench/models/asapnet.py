@@ -230,6 +230,10 @@ class ASAPNetGenerator(Generator):
         self.register_buffer("tent", tent_kernel(self.pre_factor) if self.pre_factor > 1 else torch.zeros(0, device="cpu"), persistent=False)
 
     # geometry -----------------------------------------------------------------------------
+    @property
+    def graph_variant(self) -> str:
+        return f"pixelwise={self.pixelwise_impl}"
+
     def size_multiple(self) -> tuple[int, int]:
         return self.scale, self.scale
 

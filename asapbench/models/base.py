@@ -48,6 +48,11 @@ class Generator(nn.Module):
     #: "labels" (one-hot + edge) or "image" (pix2pix: an RGB rendering of the label map in [-1, 1])
     input_kind: str = "labels"
 
+    @property
+    def graph_variant(self) -> str:
+        """What, beyond the configuration, changes the exported graph (keys cached exports); "" if nothing."""
+        return ""
+
     def size_multiple(self) -> tuple[int, int]:
         """(mh, mw): H and W must be positive multiples of these."""
         raise NotImplementedError
