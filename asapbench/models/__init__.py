@@ -8,10 +8,36 @@ _CITY = dict(label_nc=35, instance_edge=True, lr_instance=True, reflection_pad=F
 _FACADES = dict(label_nc=13, instance_edge=False, lr_instance=False, reflection_pad=True)
 
 
-def _asapnet_configure(height: int, width: int):
-    """The paper's rule: S = H / 16; Cityscapes labels for 2:1 inputs, Facades labels otherwise."""
+def _pow2_near(n: int, least: int) -> list[int]:
+    """The powers of two (times ``least``) just below and above ``n``."""
+    lo = least
+    while lo * 2 <= n:
+        lo *= 2
+    return [lo] if lo >= n else [lo, lo * 2]
+
+
+def _asapnet_configure(height: int, width: int, name: str = "asapnet", ratio: int = 16, floor: int = 16):
+    """The paper's rule: S = H / 16; Cityscapes labels for 2:1 inputs, Facades labels otherwise.
+
+    S is the tile size of the pixelwise MLPs and must be a power of two, so without a preset the height
+    must be 16 x a power of two and the width a multiple of S; anything else is refused in the user's terms.
+    """
+    from asapbench.errors import UserError
+
+    scale = max(floor, height // ratio)
+    if height // ratio > floor and (height % ratio or scale & (scale - 1)):
+        near = []
+        for h in _pow2_near(height, ratio * floor):
+            s = max(floor, h // ratio)
+            w = max(s, round(width * h / height / s) * s)
+            near.append(f"{h}x{w} (S={s})")
+        raise UserError(
+            f"{name} cannot take {height}x{width} with the paper's configuration: the tile size of its pixelwise "
+            f"MLPs is S = H/{ratio} (at least {floor}), which must be a power of two, and W a multiple of S; nearest valid "
+            f"sizes: {' or '.join(near)}; or keep one preset's tile size with --preset (then H and W must be "
+            f"multiples of its S); check a size with `asapbench info --model {name} --res HxW`")
     base = "cityscapes" if width == 2 * height else "facades512"
-    return base, {"scale": max(16, height // 16)}
+    return base, {"scale": scale}
 
 
 ASAPNET_PRESETS = {
@@ -40,7 +66,8 @@ _TINY = dict(ds_factor=4, lr_width=8, lr_max_width=16, lr_depth=2, hr_width=8, h
 
 
 def _asapnet_tiny_configure(height: int, width: int):
-    return "tiny", {"scale": max(8, height // 8)}
+    _, overrides = _asapnet_configure(height, width, name="asapnet-tiny", ratio=8, floor=8)
+    return "tiny", overrides
 
 
 register_model(ModelSpec(

@@ -234,6 +234,22 @@ class ASAPNetGenerator(Generator):
     def graph_variant(self) -> str:
         return f"pixelwise={self.pixelwise_impl}"
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """H and W must be multiples of the tile size S, with at least two tiles (one tile leaves the
+        low-res stream's deepest maps at 1x1, where instance normalisation is undefined)."""
+        s = self.scale
+        if height >= s and width >= s and not height % s and not width % s and (height // s) * (width // s) >= 2:
+            return
+        name = self.model_name or "asapnet"
+        preset = f" (preset {self.preset})" if self.preset else ""
+        near = sorted({(max(s, round(height / s) * s), max(2 * s, round(width / s) * s)),
+                       (max(s, (height // s) * s), max(2 * s, (width // s) * s)),
+                       (max(s, -(-height // s) * s), max(2 * s, -(-width // s) * s))})
+        raise UserError(
+            f"{name}{preset} cannot take a {height}x{width} input: its pixelwise MLPs work on S x S tiles with S = {s}, "
+            f"so H and W must each be a multiple of {s}, with at least two tiles; nearest valid sizes: "
+            f"{', '.join(f'{h}x{w}' for h, w in near)}; check a size with `asapbench info --model {name} --res HxW`")
+
     def size_multiple(self) -> tuple[int, int]:
         return self.scale, self.scale
 
