@@ -1,5 +1,7 @@
-"""TensorRT runner: an engine built from the cell's ONNX export (:mod:`exporters.trt`), run with
-``execute_async_v3`` on torch's CUDA stream, optionally replayed as a CUDA graph."""
+"""TensorRT runner: an engine built from the cell's ONNX export (:mod:`exporters.trt`, either flavour:
+enterprise TensorRT or TensorRT for RTX, whichever is installed), run with ``execute_async_v3`` on torch's
+CUDA stream, optionally replayed as a CUDA graph. The row's provider names the flavour and its version;
+TensorRT-RTX engines are warmed up until their just-in-time kernels are compiled (the row's note says so)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class TensorRTRunner(Runner):
         cell = self.cell
         self.trt = TrtRunner(self.engine.engine_path)
         self.trt.bind(cell.x.to(device="cuda", dtype=torch.float32))
+        self.note = self.trt.note
         self.graph = None
         if cell.cuda_graph:
             # one plain enqueue first (TensorRT sets up lazily), then capture the enqueue on torch's capture stream
@@ -48,9 +51,9 @@ class TensorRTRunner(Runner):
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.trt.infer_bound()
-            self.note = "CUDA graph replay of execute_async_v3"
-        self.provider = "tensorrt"
-        self.info = {"engine": str(self.engine.engine_path)}
+            self.note = "; ".join(n for n in (self.note, "CUDA graph replay of execute_async_v3") if n)
+        self.provider = self.trt.label
+        self.info = {"engine": str(self.engine.engine_path), "flavour": self.trt.flavour.name}
 
     def run(self) -> None:
         if self.graph is not None:
