@@ -128,10 +128,10 @@ def _run_app(argv: list[str] | None, ce) -> None:
         _err(exc.format_message(), exc.exit_code or 2)
     except OSError as exc:
         # unwritable output folders, full disks, unreadable files that no command anticipated
-        from asapbench.fsutil import is_enospc
+        from asapbench.fsutil import is_out_of_space
 
         where = exc.filename or ""
-        if is_enospc(exc):
+        if is_out_of_space(exc):
             _err(f"no space left on the device{' of ' + repr(str(where)) if where else ''}; free space there or "
                  "write to a folder on another disk (--out, --cache-dir)")
         _err(f"{exc.strerror or exc}{' (' + str(where) + ')' if where else ''}; check the path and its permissions")

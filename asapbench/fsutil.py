@@ -71,7 +71,7 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return None
 
 
-def _mib(n: float) -> str:
+def format_bytes(n: float) -> str:
     """A byte count in the unit that suits it: KiB, MiB or GiB."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
         if n >= scale:
@@ -84,16 +84,12 @@ class DiskFull(UserError):
 
     def __init__(self, folder: str | os.PathLike, needed: int = 0, what: str = "folder") -> None:
         free = free_bytes(folder)
-        need = f"about {_mib(needed)} needed" if needed else "more space needed"
-        have = f", {_mib(free)} free" if free is not None else ""
+        need = f"about {format_bytes(needed)} needed" if needed else "more space needed"
+        have = f", {format_bytes(free)} free" if free is not None else ""
         super().__init__(f"no space left on the device of {what} {str(folder)!r} ({need}{have}); "
                          f"free space there or pass a folder on another disk to {_option_of(what)}")
         self.folder = str(folder)
         self.needed = needed
-
-
-def is_enospc(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def replace_together(out_dir: str | os.PathLike, contents: dict[str, bytes], remove: Sequence[str] = ()) -> dict[str, Path]:
@@ -120,7 +116,7 @@ def replace_together(out_dir: str | os.PathLike, contents: dict[str, bytes], rem
         for tmp in tmps.values():
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        if is_enospc(exc):
+        if is_out_of_space(exc):
             raise DiskFull(out, sum(len(d) for d in contents.values()), "--out folder") from None
         raise
     for name, tmp in tmps.items():
@@ -313,19 +309,6 @@ def tensor_nbytes(obj: Any) -> int:
     return 0
 
 
-def free_bytes(path: str | os.PathLike) -> int | None:
-    """Free bytes on the filesystem of ``path`` (or of its nearest existing parent); None if unknown."""
-    import shutil
-
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free
-    except OSError:
-        return None
-
-
 def is_out_of_space(exc: BaseException, folder: str | os.PathLike | None = None, needed: int | None = None) -> bool:
     """Whether ``exc`` (an OSError, or the RuntimeError ``torch.save`` raises) means the disk is full.
 
@@ -344,12 +327,3 @@ def is_out_of_space(exc: BaseException, folder: str | os.PathLike | None = None,
         free = free_bytes(folder)
         return free is not None and free < needed
     return False
-
-
-def human_bytes(n: int | float) -> str:
-    """``n`` bytes as a short text: 512 B, 3.4 MB, 1.2 GB (powers of 1000)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover

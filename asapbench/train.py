@@ -826,7 +826,7 @@ def _save_checkpoint(run: _Run, log: _LossLog) -> None:
 
 def _raise_if_disk_full(exc: BaseException, run: _Run, state: dict[str, Any]) -> None:
     """UserError (one line: folder, space needed, the checkpoint still there) when ``exc`` means a full disk."""
-    from asapbench.fsutil import human_bytes, is_out_of_space, tensor_nbytes
+    from asapbench.fsutil import format_bytes, is_out_of_space, tensor_nbytes
 
     needed = tensor_nbytes(state) + tensor_nbytes(state["G"])  # the state, then the generator file
     if not is_out_of_space(exc, run.out, needed):
@@ -834,7 +834,7 @@ def _raise_if_disk_full(exc: BaseException, run: _Run, state: dict[str, Any]) ->
     kept = (f"the checkpoint of step {run.saved_step} is intact: after freeing space, continue with --resume"
             if run.saved_step is not None else "no checkpoint was saved yet")
     raise UserError(f"no space left in {str(run.out)!r} to save the checkpoint of step {run.pos.step}: it needs "
-                    f"about {human_bytes(needed)} free there; {kept}") from None
+                    f"about {format_bytes(needed)} free there; {kept}") from None
 
 
 def _save_sample(run: _Run, batch: dict[str, Any], step: _StepOut) -> None:

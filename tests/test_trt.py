@@ -167,8 +167,8 @@ def test_engine_functions_refuse_cleanly_without_tensorrt(tmp_path):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_exports(tmp_path_factory):
-    from exporters.onnx_export import export_onnx
     from asapbench.weights import spread_random_weights
+    from exporters.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("trt")
     torch.manual_seed(0)

@@ -410,9 +410,9 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a row
-                    from asapbench.fsutil import DiskFull, is_enospc
+                    from asapbench.fsutil import DiskFull, is_out_of_space
 
-                    if is_enospc(exc) or isinstance(exc, DiskFull):
+                    if is_out_of_space(exc) or isinstance(exc, DiskFull):
                         _free_device()
                         raise DiskFull(cfg.cache_dir, _export_bytes(plan, precision), "--cache-dir folder") from None
                     _fail(row, exc)
