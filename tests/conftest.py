@@ -24,6 +24,17 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def assert_one_line_error(r, *needles: str) -> None:
+    """A CLI run that failed on bad input: exit 2, one non-empty stderr line ``asapbench: error: ...``
+    holding every needle, and no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("asapbench: error:"), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op torch thread for the test: small CPU convolutions only lose from threading on a

@@ -22,6 +22,7 @@ from exporters import validate
 from exporters.onnx_export import export_onnx, verify_onnx_file
 from exporters.ort import OrtRunner
 from exporters.validate import ParityError
+from tests.conftest import assert_one_line_error
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -353,13 +354,6 @@ def cli(*args, timeout=300):
                           cwd=REPO, timeout=timeout)
 
 
-def assert_one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("asapbench: error:") and "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):

@@ -15,6 +15,7 @@ import asapbench
 from asapbench import UserError, count_macs, create_generator, list_models, load_generator
 from asapbench.checkpoint import save_generator
 from asapbench.registry import configure_for_resolution, model_names
+from tests.conftest import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,13 +24,6 @@ def cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "asapbench", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
 
 
-def assert_one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 # registry ------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import assert_one_line_error
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -18,13 +20,6 @@ def asapbench(*args: str, timeout: float = 300, env_extra: dict | None = None) -
                           timeout=timeout, env=env)
 
 
-def assert_one_line_exit_2(r: subprocess.CompletedProcess, *words: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(
@@ -44,7 +39,7 @@ def assert_one_line_exit_2(r: subprocess.CompletedProcess, *words: str) -> None:
 def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
     base = ["run", "--models", "asapnet-tiny", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
     r = asapbench(*base, *args)
-    assert_one_line_exit_2(r, *words)
+    assert_one_line_error(r, *words)
     assert not (tmp_path / "o" / "bench.csv").exists()
 
 
@@ -52,7 +47,7 @@ def test_unwritable_out_is_one_line_exit_2(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     r = asapbench("run", "--models", "asapnet-tiny", "--res", "32x64", "--out", str(blocker / "sub"))
-    assert_one_line_exit_2(r, "--out")
+    assert_one_line_error(r, "--out")
 
 
 def test_device_cuda_without_gpu_is_one_line_exit_2(tmp_path):
@@ -61,12 +56,12 @@ def test_device_cuda_without_gpu_is_one_line_exit_2(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     r = asapbench("run", "--models", "asapnet-tiny", "--device", "cuda", "--out", str(tmp_path))
-    assert_one_line_exit_2(r, "--device cuda")
+    assert_one_line_error(r, "--device cuda")
 
 
 def test_cuda_graph_on_cpu_is_one_line_exit_2(tmp_path):
     r = asapbench("run", "--models", "asapnet-tiny", "--device", "cpu", "--cuda-graph", "--out", str(tmp_path))
-    assert_one_line_exit_2(r, "--cuda-graph")
+    assert_one_line_error(r, "--cuda-graph")
 
 
 def test_help_lists_the_options():

@@ -21,6 +21,7 @@ import asapbench
 from asapbench.errors import UserError
 from asapbench.inputs import example_input
 from exporters import trt_flavours as F
+from tests.conftest import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 _rtx, _rtx_version, _rtx_why = F.probe("rtx")
@@ -58,7 +59,7 @@ def tiny_onnx(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # no TensorRT needed
 # ---------------------------------------------------------------------------------------------
-def test_target_lists_parse_or_fail_in_one_line():
+def test_target_lists_parse_or_fail_inassert_one_line_error():
     assert F.parse_targets("86,89,120") == [86, 89, 120]
     assert F.parse_targets("8.6, 8.9,12.0") == [86, 89, 120]
     assert F.parse_targets(["sm_120", "86", "86"]) == [86, 120]
@@ -311,7 +312,7 @@ def test_corrupt_foreign_and_stale_engines_are_refused_before_deserializing(tiny
 
 @needs_rtx
 @pytest.mark.skipif(F.probe("tensorrt")[0] is not None, reason="enterprise TensorRT is installed here")
-def test_asking_for_the_flavour_that_is_not_installed_fails_in_one_line(tiny_onnx, tmp_path):
+def test_asking_for_the_flavour_that_is_not_installed_fails_inassert_one_line_error(tiny_onnx, tmp_path):
     from exporters.trt import build_engine
 
     with pytest.raises(UserError, match=r"--trt tensorrt: .*'tensorrt' is not importable.*use --trt rtx") as e:
@@ -327,12 +328,6 @@ def _cli(*args):
                           cwd=REPO, timeout=600, check=False)
 
 
-def _one_line(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("asapbench: error:"), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @needs_rtx
@@ -350,12 +345,12 @@ def test_cli_builds_portable_engines_without_a_gpu(tmp_path):
         assert "never executed here" in r.stdout
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     # bad input: one line, exit 2, nothing in the folder touched
-    _one_line(_cli("--model", "asapnet-tiny", "--res", "64x64", "--engine", "trt", "--target-sm", "86,90", "--out", str(out)),
+    assert_one_line_error(_cli("--model", "asapnet-tiny", "--res", "64x64", "--engine", "trt", "--target-sm", "86,90", "--out", str(out)),
               "cannot build for SM 9.0", "valid targets: 75,80,86,89,120,121")
-    _one_line(_cli("--model", "asapnet-tiny", "--res", "64x64", "--engine", "trt", "--target-sm", "eighty-six", "--out", str(out)),
+    assert_one_line_error(_cli("--model", "asapnet-tiny", "--res", "64x64", "--engine", "trt", "--target-sm", "eighty-six", "--out", str(out)),
               "not a list of compute capabilities")
     if F.probe("tensorrt")[0] is None:
-        _one_line(_cli("--model", "asapnet-tiny", "--res", "64x64", "--engine", "trt", "--trt", "tensorrt", "--out", str(out)),
+        assert_one_line_error(_cli("--model", "asapnet-tiny", "--res", "64x64", "--engine", "trt", "--trt", "tensorrt", "--out", str(out)),
                   "--trt tensorrt", "asapbench[trt]", "use --trt rtx")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
