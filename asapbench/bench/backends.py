@@ -57,6 +57,7 @@ class Cell:
     cache_dir: Path = Path(".")
     seed: int = 0
     export_check: bool = True
+    trt: str = "auto"  # TensorRT flavour (tensorrt backend)
     progress: Callable[[str], None] | None = None  # short stage descriptions (display)
 
 

@@ -34,13 +34,13 @@ class TensorRTRunner(Runner):
         self.say("exporting")
         exported = export_for(self.cell)
         self.engine = build_engine(exported.onnx_path, out_dir=Path(self.cell.cache_dir) / "engines",
-                                   progress=self.cell.progress)
+                                   progress=self.cell.progress, flavour=self.cell.trt)
 
     def open(self) -> None:
         from exporters.trt import TrtRunner
 
         cell = self.cell
-        self.trt = TrtRunner(self.engine.engine_path)
+        self.trt = TrtRunner(self.engine.engine_path, flavour=self.cell.trt)
         self.trt.bind(cell.x.to(device="cuda", dtype=torch.float32))
         self.note = self.trt.note
         self.graph = None

@@ -58,6 +58,7 @@ class SweepConfig:
     cache_dir: Path = Path("bench-out/cache")
     seed: int = 0
     export_check: bool = True
+    trt: str = "auto"  # TensorRT flavour for the tensorrt backend: auto, tensorrt or rtx
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,7 +404,7 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
                     cell = B.Cell(model=model, x=example_input(model, cfg.batch, plan.height, plan.width, seed=cfg.seed),
                                   height=plan.height, width=plan.width, batch=cfg.batch, backend=backend,
                                   precision=precision, device=cfg.device, cuda_graph=cfg.cuda_graph, threads=threads,
-                                  cache_dir=cfg.cache_dir, seed=cfg.seed, export_check=cfg.export_check,
+                                  cache_dir=cfg.cache_dir, seed=cfg.seed, export_check=cfg.export_check, trt=cfg.trt,
                                   progress=lambda s, label=label: phase(f"{label}: {s}"))
                     measure_cell(row, cell, cfg, on_phase=cell.progress)
                     rates.add(key, row.gmacs * cfg.batch if row.gmacs else None, row.ms_min, plan_res(plan))

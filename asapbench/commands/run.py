@@ -77,6 +77,18 @@ def _parse_checkpoints(values: Iterable[str] | None, models: list[str]) -> dict[
     return out
 
 
+def _trt_choice(trt: str, backends: list[str]) -> str:
+    """``--trt`` checked: the flavour name, or UserError; installed-ness matters only for ``tensorrt`` rows."""
+    choice = (getattr(trt, "value", trt) or "auto").lower()
+    if choice not in ("auto", "tensorrt", "rtx"):
+        raise UserError(f"unknown --trt {trt!r}; choose one of: auto, tensorrt, rtx")
+    if choice != "auto" and "tensorrt" in backends:
+        from exporters.trt_flavours import resolve_flavour
+
+        resolve_flavour(choice, for_build=False)  # UserError when that flavour is not installed
+    return choice
+
+
 def build_config(
     models: Iterable[str] | None = None,
     res: Iterable[str] | None = None,
@@ -96,6 +108,7 @@ def build_config(
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
     export_check: bool = True,
+    trt: str = "auto",
 ):
     """Validate command-line values into a SweepConfig (UserError on anything wrong).
 
@@ -144,7 +157,7 @@ def build_config(
     cfg = SweepConfig(
         models=model_names, resolutions=resolutions, backends=backend_names, precisions=precisions, device=dev,
         batch=batch, budget_s=budget, checkpoints=ckpts, cuda_graph=cuda_graph, threads=threads,
-        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), seed=seed, export_check=export_check, **loop,
+        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), seed=seed, export_check=export_check, trt=_trt_choice(trt, backend_names), **loop,
     )
     return cfg
 
@@ -512,6 +525,7 @@ def register(app: typer.Typer) -> None:
         cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="ONNX/engine cache (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed for weights and the synthetic label map.")] = 0,
         export_check: Annotated[bool, typer.Option("--export-check/--no-export-check", help="Compare each new ONNX export with PyTorch before timing it.")] = True,
+        trt: Annotated[str, typer.Option("--trt", help="TensorRT flavour for --backends tensorrt: auto (whichever is installed), tensorrt (enterprise) or rtx (TensorRT for RTX).")] = "auto",
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for bench.csv, bench.md, bench.json and latency_vs_megapixels.png.")] = Path(DEFAULT_OUT),
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
     ) -> None:
@@ -520,7 +534,7 @@ def register(app: typer.Typer) -> None:
             out=out, progress=progress, models=models, res=res, backends=backends, precision=precision,
             device=device, batch=batch, warmup=warmup, warmup_seconds=warmup_seconds, iters=iters,
             min_seconds=min_seconds, e2e_iters=e2e_iters, budget=budget, checkpoint=checkpoint, cuda_graph=cuda_graph,
-            threads=threads, cache_dir=cache_dir, seed=seed, export_check=export_check,
+            threads=threads, cache_dir=cache_dir, seed=seed, export_check=export_check, trt=trt,
         )
         if not any(r.status == "ok" for r in rows):
             raise NoTimes(no_time_summary(rows, out))
