@@ -241,7 +241,7 @@ def register(app) -> None:
         onnx: Annotated[list[str], typer.Argument(help="ONNX files or folders of them (from `asapbench export`).")],
         trt: Annotated[str, typer.Option("--trt", help="TensorRT flavour: auto, tensorrt or rtx.")] = "auto",
         target_sm: Annotated[str | None, typer.Option("--target-sm", help="Compute capabilities, e.g. 86,89,120 (TensorRT-RTX; default 86,89,120).")] = None,
-        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="Builder workspace limit (GiB).")] = 8.0,
+        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="Builder workspace limit (GiB; a limit, not an allocation).")] = 8.0,
         out: Annotated[str, typer.Option("--out", "-o", help="Report folder (build.json, build.csv, build.md).")] = "results/trt-build",
         work: Annotated[str | None, typer.Option("--work", help="Engine folder (default: <first ONNX folder>/engines).")] = None,
         keep_engines: Annotated[bool, typer.Option("--keep-engines/--no-keep-engines", help="Keep the built engines (they are large).")] = True,
