@@ -770,6 +770,7 @@ class TrtRunner:
         self.trt, self.path, self.device_id, self.buffers = trt, path, device_id, buffers
         self.label = F.describe(f)
         self.warmup, self.warmup_info = warmup, None
+        self._warmed: set[tuple[int, ...]] = set()
         self.note = ""
         torch.cuda.set_device(device_id)
         self._logger = _make_logger(trt)
@@ -816,15 +817,17 @@ class TrtRunner:
 
     # -- binding -------------------------------------------------------------------------------
     def bind(self, x) -> None:
-        """Set the input shape, allocate the output and set both tensor addresses (TensorRT-RTX: then
-        warm up until the just-in-time kernels are compiled, see :meth:`warm_up`).
+        """Set the input shape, allocate the output and set both tensor addresses (TensorRT-RTX: then, the
+        first time a shape is bound, warm up until the just-in-time kernels are compiled, see :meth:`warm_up`).
 
         torch buffers: ``x`` is a torch tensor (moved to the engine's device and dtype if needed).
         pycuda buffers: ``x`` (numpy or torch) is copied into a pycuda device allocation.
         """
         self._bind(x)
-        if self.flavour.jit_kernels and self.warmup:
-            self.warm_up()
+        shape = tuple(int(d) for d in x.shape)
+        if self.flavour.jit_kernels and self.warmup and shape not in self._warmed:
+            self.warm_up()  # once per input shape: kernels are compiled per shape
+            self._warmed.add(shape)
 
     def _bind(self, x) -> None:
         shape = tuple(int(d) for d in x.shape)
