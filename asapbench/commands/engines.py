@@ -228,7 +228,8 @@ def _markdown(rows: list[dict], env: dict, notes: Sequence[str] = ()) -> str:
         "*built* layers (kernels), not ONNX nodes: one InstanceNorm can become several reduction kernels at large "
         "sizes. A fused convolution counts in its weights' precision; a normalisation kernel in its output type, or, "
         "when a Cast of the graph is fused into it (half to float before the mean, float to half after the scale), "
-        "in the wider type; kernels that only move integer indices are left out; "
+        "in the wider type; kernels that only move integer indices are left out. The ONNX parser turns "
+        "BatchNormalization (SPADE, pix2pix) into scale layers, so those models have no normalisation column; "
         "*layers* -- built layers in all. fp32 engines allow TF32 (TensorRT's default).",
         "",
         "The ONNX files were exported with `--no-check` (the parity gate against PyTorch was skipped to keep the "
