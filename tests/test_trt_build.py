@@ -424,3 +424,15 @@ def test_engines_report_builds_in_child_processes_and_says_nothing_ran(tiny_onnx
     assert (tmp_path / "rep" / "build.csv").read_text().startswith("model,preset,resolution,precision,parse,build_s")
     with pytest.raises(UserError, match="neither an .onnx file nor a folder"):
         build_report([str(tmp_path / "nope.txt")], out=tmp_path / "rep")
+
+
+def test_a_build_out_of_workspace_names_the_value_to_pass():
+    from exporters.trt import DEFAULT_WORKSPACE_GB, workspace_hint
+
+    # verbatim from TensorRT-RTX 1.7.1 building SPADE fp32 at 2048x2048 with an 8 GiB limit
+    err = "[localCheckMacros.cpp::getErrorStr::132] Error Code 2: OutOfMemory (Requested size was 8962049536 bytes.)"
+    hint = workspace_hint(err, 8)
+    assert hint.startswith("the builder could not allocate 8.35 GiB (the 8 GiB workspace limit plus 0.35 GiB)")
+    assert "--workspace-gb 11" in hint
+    assert workspace_hint("Exceeded mem budget", 4).endswith("pass --workspace-gb 16")
+    assert DEFAULT_WORKSPACE_GB > 4  # ASAP-Net fp32 at 2048x2048 needs more than 4 GiB

@@ -56,6 +56,7 @@ def _onnx_meta(path: Path) -> dict[str, Any]:
         "precision": side.get("precision"),
         "dynamic": bool((side.get("key") or {}).get("dynamic")),
         "onnx_mb": round(path.stat().st_size / 2**20, 1),
+        "input": side.get("input"),
         "parity": "passed" if (par or {}).get("passed") else ("skipped (--no-check)" if not par else "FAILED"),
     }
 
@@ -74,12 +75,14 @@ def build_report(
     workspace_gb: float = 8.0,
     keep_engines: bool = True,
     notes: Sequence[str] = (),
+    max_res: str | None = None,
     log=print,
 ) -> list[dict[str, Any]]:
     """Build an engine for every ONNX in ``onnx`` (files or folders), each in its own process, and
     write ``build.json``/``build.csv``/``build.md`` under ``out`` (rows of earlier runs for other files
-    are kept: the report grows run by run; so are earlier ``notes``, with ``notes`` added). Returns the
-    rows of this run."""
+    are kept: the report grows run by run; so are earlier ``notes``, with ``notes`` added). A dynamic ONNX
+    gets the profile min = its export resolution, opt = max = ``max_res`` (default: the export resolution).
+    Returns the rows of this run."""
     from asapbench.fsutil import (
         atomic_write_json,
         atomic_write_text,
@@ -97,7 +100,19 @@ def build_report(
     for path in files:
         meta = _onnx_meta(path)
         log(f"building {path.name} ({F.describe(f)}, targets {','.join(map(str, targets))}) ...")
-        res = build_in_child(path, work_dir, flavour=f.name, targets=targets, workspace_gb=workspace_gb, reuse=False)
+        shapes, profile = None, None
+        if meta.pop("dynamic") and meta.get("input") and meta.get("resolution"):
+            from asapbench.resolution import parse_resolution
+
+            h, w = (int(v) for v in meta["resolution"].split("x"))
+            mh, mw = parse_resolution(max_res) if max_res else (h, w)
+            c = int(meta["input"]["shape"][1])
+            shapes = {meta["input"]["name"]: [[1, c, h, w], [1, c, mh, mw], [1, c, mh, mw]]}
+            profile = f"dynamic {h}x{w}..{mh}x{mw}"
+            meta["resolution"] = f"{mh}x{mw}"
+        meta.pop("input", None)
+        res = build_in_child(path, work_dir, flavour=f.name, targets=targets, workspace_gb=workspace_gb, reuse=False,
+                             dynamic_shapes=shapes)
         side = res.get("sidecar") or {}
         err = res.get("error")
         row = {
@@ -117,7 +132,8 @@ def build_report(
             "matmul": _cell(side.get("layer_precisions"), "matmul"),
             "norm": _cell(side.get("layer_precisions"), "normalization"),
             "layers": side.get("layers_built"),
-            "status": "built, not executed" if res.get("ok") else f"FAILED: {err}",
+            "status": ("built, not executed" if res.get("ok") else f"FAILED: {err}") + (f" ({profile})" if profile else ""),
+            "profile": profile,
             "workspace_gb": workspace_gb,
         }
         rows.append(row)
@@ -212,7 +228,8 @@ def _markdown(rows: list[dict], env: dict, notes: Sequence[str] = ()) -> str:
         "*built* layers (kernels), not ONNX nodes: one InstanceNorm can become several reduction kernels at large "
         "sizes. A fused convolution counts in its weights' precision; a normalisation kernel in its output type, or, "
         "when a Cast of the graph is fused into it (half to float before the mean, float to half after the scale), "
-        "in the wider type; kernels that only move integer indices are left out; "
+        "in the wider type; kernels that only move integer indices are left out. The ONNX parser turns "
+        "BatchNormalization (SPADE, pix2pix) into scale layers, so those models have no normalisation column; "
         "*layers* -- built layers in all. fp32 engines allow TF32 (TensorRT's default).",
         "",
         "The ONNX files were exported with `--no-check` (the parity gate against PyTorch was skipped to keep the "
@@ -241,14 +258,15 @@ def register(app) -> None:
         onnx: Annotated[list[str], typer.Argument(help="ONNX files or folders of them (from `asapbench export`).")],
         trt: Annotated[str, typer.Option("--trt", help="TensorRT flavour: auto, tensorrt or rtx.")] = "auto",
         target_sm: Annotated[str | None, typer.Option("--target-sm", help="Compute capabilities, e.g. 86,89,120 (TensorRT-RTX; default 86,89,120).")] = None,
-        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="Builder workspace limit (GiB).")] = 8.0,
+        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="Builder workspace limit (GiB; a limit, not an allocation).")] = 8.0,
         out: Annotated[str, typer.Option("--out", "-o", help="Report folder (build.json, build.csv, build.md).")] = "results/trt-build",
         work: Annotated[str | None, typer.Option("--work", help="Engine folder (default: <first ONNX folder>/engines).")] = None,
         keep_engines: Annotated[bool, typer.Option("--keep-engines/--no-keep-engines", help="Keep the built engines (they are large).")] = True,
+        max_res: Annotated[str | None, typer.Option("--max-res", help="Dynamic ONNX files: the profile's opt = max resolution (min: the export resolution).")] = None,
         note: Annotated[list[str] | None, typer.Option("--note", help="A line for the report's notes (e.g. why a cell is missing); repeatable, kept across runs.")] = None,
     ) -> None:
         """Build TensorRT engines for ONNX files, one process each, and report parse/build/memory/precisions."""
         if workspace_gb <= 0:
             raise UserError(f"--workspace-gb must be positive, got {workspace_gb}")
         build_report(onnx, out=out, work=work, trt=trt, target_sm=target_sm, workspace_gb=workspace_gb,
-                     keep_engines=keep_engines, notes=note or ())
+                     keep_engines=keep_engines, notes=note or (), max_res=max_res)

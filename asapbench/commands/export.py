@@ -256,7 +256,7 @@ def register(app) -> None:
         out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
         check: Annotated[bool, typer.Option("--check/--no-check", help="Parity gate against PyTorch in onnxruntime.")] = True,
         seed: Annotated[int, typer.Option("--seed", help="Seed of random weights and of the parity inputs.")] = 0,
-        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="TensorRT builder workspace limit (GiB); 8 fits every model at 2048x2048.")] = 8.0,
+        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="TensorRT builder workspace limit (GiB; a limit, not an allocation); 8 fits every engine of results/trt-build.")] = 8.0,
         trt: Annotated[TrtFlavour, typer.Option("--trt", help="TensorRT flavour: auto (whichever is installed), tensorrt (enterprise 10.x/11.x: every GPU, builds on it) or rtx (TensorRT for RTX: builds without a GPU, runs on RTX GPUs).")] = TrtFlavour.auto,
         target_sm: Annotated[Optional[str], typer.Option("--target-sm", help="Compute capabilities to build for, e.g. 86,89,120 (TensorRT-RTX; default its portable set 86,89,120). Enterprise TensorRT builds for this GPU only.")] = None,
         batch: Annotated[int, typer.Option("--batch", help="Batch size of the exported graph (static), or the optimum (dynamic).")] = 1,
