@@ -31,10 +31,12 @@ class TensorRTRunner(Runner):
         from asapbench.bench.runner_ort import export_for
         from exporters.trt import build_engine
 
+        # built for this machine's GPU: a timing run needs no portable engine, and an RTX card outside the
+        # portable set (e.g. SM 7.5) would refuse one
         self.say("exporting")
         exported = export_for(self.cell)
         self.engine = build_engine(exported.onnx_path, out_dir=Path(self.cell.cache_dir) / "engines",
-                                   progress=self.cell.progress, flavour=self.cell.trt)
+                                   progress=self.cell.progress, flavour=self.cell.trt, targets="current")
 
     def open(self) -> None:
         from exporters.trt import TrtRunner

@@ -169,65 +169,68 @@ def export_models(
     models = _build_models(model, preset, checkpoint, resolutions, seed, dynamic)
     records: list[dict[str, Any]] = []
     for g, rs in models:
-        targets = rs[:1] if dynamic else rs
-        for h, w in targets:
+        for h, w in (rs[:1] if dynamic else rs):
             r = export_onnx(g, h, w, out_dir, precision=precision, dynamic=dynamic, batch=batch, opset=opset,
                             check=check, checkpoint=checkpoint, seed=seed, reuse=reuse, progress=progress,
                             check_sizes=rs[1:] if dynamic else (), label_dir=parity_labels)
-            s = r.sidecar
-            par = s.get("parity") or {}
-            rec = {
-                "kind": "onnx",
-                "path": str(r.onnx_path),
-                "sidecar": str(r.sidecar_path),
-                "model": s["model"],
-                "preset": s["preset"],
-                "resolution": format_resolution((h, w)),
-                "precision": precision,
-                "dynamic": dynamic,
-                "reused": r.reused,
-                "mb": round(s["onnx_bytes"] / 2**20, 2),
-                "export_s": s.get("export_seconds"),
-                "max_abs_err": par.get("max_abs_err"),
-                "psnr_db": par.get("psnr_db"),
-                "output_std": par.get("output_std"),
-                "parity": "passed" if par.get("passed") else ("skipped (--no-check)" if not par else "FAILED"),
-            }
+            rec = _onnx_record(r, format_resolution((h, w)), precision, dynamic)
             records.append(rec)
             log(_describe(rec))
             if want_trt and trt_ok:
                 from exporters.trt import build_engine, dynamic_profile
 
-                shapes = None
-                if dynamic:
-                    shapes = {s["input"]["name"]: dynamic_profile(g.input_nc, rs, batch)}
+                shapes = {r.sidecar["input"]["name"]: dynamic_profile(g.input_nc, rs, batch)} if dynamic else None
                 e = build_engine(r.onnx_path, out_dir, workspace_gb=workspace_gb, dynamic_shapes=shapes,
                                  reuse=reuse, progress=progress, flavour=flavour, targets=trt_targets)
-                erec = {
-                    "kind": "trt",
-                    "path": str(e.engine_path),
-                    "sidecar": str(e.sidecar_path),
-                    "model": s["model"],
-                    "preset": s["preset"],
-                    "resolution": rec["resolution"],
-                    "precision": precision,
-                    "dynamic": dynamic,
-                    "reused": e.reused,
-                    "mb": round(e.sidecar["engine_bytes"] / 2**20, 2),
-                    "build_s": e.sidecar["build_seconds"],
-                    "flavour": e.flavour,
-                    "trt": e.label,
-                    "targets": e.targets,
-                    "layer_precisions": e.sidecar.get("layer_precisions_text"),
-                    "executed": e.sidecar.get("executed", False),
-                    "note": e.sidecar.get("note", ""),
-                }
+                erec = _engine_record(e, rec)
                 records.append(erec)
                 log(_describe(erec))
     if want_trt and not trt_ok:
         records.append({"kind": "trt", "skipped": trt_reason})
         log(f"TensorRT engines skipped: {trt_reason}")
     return records
+
+
+def _onnx_record(r, resolution: str, precision: str, dynamic: bool) -> dict[str, Any]:
+    """What ``export`` reports for one ONNX file (from its export result and sidecar)."""
+    s = r.sidecar
+    par = s.get("parity") or {}
+    return {
+        "kind": "onnx",
+        "path": str(r.onnx_path),
+        "sidecar": str(r.sidecar_path),
+        "model": s["model"],
+        "preset": s["preset"],
+        "resolution": resolution,
+        "precision": precision,
+        "dynamic": dynamic,
+        "reused": r.reused,
+        "mb": round(s["onnx_bytes"] / 2**20, 2),
+        "export_s": s.get("export_seconds"),
+        "max_abs_err": par.get("max_abs_err"),
+        "psnr_db": par.get("psnr_db"),
+        "output_std": par.get("output_std"),
+        "parity": "passed" if par.get("passed") else ("skipped (--no-check)" if not par else "FAILED"),
+    }
+
+
+def _engine_record(e, onnx_rec: dict[str, Any]) -> dict[str, Any]:
+    """What ``export`` reports for one TensorRT engine built from the ONNX file of ``onnx_rec``."""
+    return {
+        "kind": "trt",
+        "path": str(e.engine_path),
+        "sidecar": str(e.sidecar_path),
+        **{k: onnx_rec[k] for k in ("model", "preset", "resolution", "precision", "dynamic")},
+        "reused": e.reused,
+        "mb": round(e.sidecar["engine_bytes"] / 2**20, 2),
+        "build_s": e.sidecar["build_seconds"],
+        "flavour": e.flavour,
+        "trt": e.label,
+        "targets": e.targets,
+        "layer_precisions": e.sidecar.get("layer_precisions_text"),
+        "executed": e.sidecar.get("executed", False),
+        "note": e.sidecar.get("note", ""),
+    }
 
 
 def _describe(rec: dict[str, Any]) -> str:
