@@ -516,20 +516,71 @@ def build_engine(
     step(f"parsing the ONNX ({F.describe(f)})")
     logger = _make_logger(trt)
     builder = trt.Builder(logger)
+    network, parser, parse_s = _parse_network(trt, f, builder, logger, onnx_path)  # parser owns the weights: kept
+    net_types = _network_types(network)
+    config = _builder_config(trt, f, builder, env, profiles, workspace_gb, opt_level)
+    tc_path, tc_bytes = _use_timing_cache(config, out, env, timing_cache) if f.timing_cache else (None, b"")
+    where = f"targets {', '.join(F.sm_label(t) for t in env['targets'])}"
+    step(f"building the engine ({F.describe(f)}, {where}, workspace {workspace_gb:g} GiB)")
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    build_s = time.perf_counter() - t0
+    if serialized is None:
+        errs = "; ".join(logger.errors)
+        raise UserError(f"{f.label} failed to build an engine for {onnx_path.name} ({where}): "
+                        f"{errs[:300] or 'no error logged'}; {workspace_hint(errs, workspace_gb)}")
+    layers = parse_layer_info("\n".join(logger.layer_info), net_types)
+    nbytes = int(serialized.nbytes)
+    _write_buffer(engine_path, serialized)
+    del serialized, parser
+    if tc_path is not None:
+        atomic_write_bytes(tc_path, bytes(config.get_timing_cache().serialize()))
+    sidecar = {
+        "file": engine_path.name,
+        **_engine_description(f, env, onnx_path, onnx_sha, onnx_side),
+        "build_options": options,
+        "tf32_allowed": _flag(trt, config, "TF32"),
+        "timing_cache": str(tc_path) if tc_path else None,
+        "timing_cache_reused": bool(tc_bytes),
+        "parse_seconds": round(parse_s, 3),
+        "build_seconds": round(build_s, 3),
+        "build_peak_rss_mb": _peak_rss_mb(),
+        "engine_sha256": sha256_file(engine_path),
+        "engine_bytes": nbytes,
+        **_layer_summary(layers),
+        "executed": False,
+        "note": (NOT_RUN_NOTE if not F.gpu_visible()[0] else "built here; not executed by the build")
+        + ("; TensorRT-RTX compiles its kernels just in time on the target GPU at first inference"
+           if f.jit_kernels else ""),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "key": key,
+    }
+    atomic_write_json(sidecar_path, sidecar)
+    return EngineResult(engine_path, sidecar_path, sidecar, reused=False)
+
+
+def _parse_network(trt, f: Flavour, builder, logger, onnx_path: Path):
+    """(strongly typed network parsed from ``onnx_path``, its parser, parse seconds); UserError when it does
+    not parse. The parser holds the weights the network points to: keep it until the engine is built."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if flag is None:
         raise UserError(f"TensorRT {trt.__version__} has no strongly typed networks; {INSTALL_HINT} (10.x or 11.x)")
     network = builder.create_network(1 << int(flag))
     parser = trt.OnnxParser(network, logger)
-    t_parse = time.perf_counter()
+    t0 = time.perf_counter()
     if not parser.parse_from_file(str(onnx_path)):
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors
         raise UserError(
             f"{f.label} cannot parse {onnx_path.name} ({'; '.join(errs)[:300]}); "
             "the file is corrupt or uses an unsupported op: re-export it with `asapbench export`"
         )
-    parse_s = time.perf_counter() - t_parse
-    net_types = _network_types(network)
+    return network, parser, time.perf_counter() - t0
+
+
+def _builder_config(trt, f: Flavour, builder, env: Mapping[str, Any], profiles: dict | None, workspace_gb: float,
+                    opt_level: int):
+    """The builder configuration: workspace limit, optimisation level, detailed layer information, the
+    targets (TensorRT-RTX) and the optimisation profile of a dynamic ONNX."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     config.builder_optimization_level = int(opt_level)
@@ -540,37 +591,28 @@ def build_engine(
         for name, (mn, opt, mx) in profiles.items():
             profile.set_shape(name, tuple(mn), tuple(opt), tuple(mx))
         config.add_optimization_profile(profile)
-    tc_path, tc_bytes = None, b""
-    if f.timing_cache:
-        tc_path = Path(timing_cache) if timing_cache else timing_cache_path(out, env)
-        if tc_path.is_file():
-            tc_bytes = tc_path.read_bytes()
-        cache = config.create_timing_cache(tc_bytes)
-        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-            tc_bytes = b""  # unreadable or from another device/version: start a fresh one
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, ignore_mismatch=False)
-    where = f"targets {', '.join(F.sm_label(t) for t in env['targets'])}"
-    step(f"building the engine ({F.describe(f)}, {where}, workspace {workspace_gb:g} GiB)")
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    build_s = time.perf_counter() - t0
-    if serialized is None:
-        errs = "; ".join(logger.errors)
-        raise UserError(f"{f.label} failed to build an engine for {onnx_path.name} ({where}): "
-                        f"{errs[:300] or 'no error logged'}; {workspace_hint(errs, workspace_gb)}")
+    return config
 
-    layers = parse_layer_info("\n".join(logger.layer_info), net_types)
-    nbytes = int(serialized.nbytes)
-    _write_buffer(engine_path, serialized)
-    del serialized
-    if tc_path is not None:
-        atomic_write_bytes(tc_path, bytes(config.get_timing_cache().serialize()))
-    counts = precision_counts(layers)
+
+def _use_timing_cache(config, out: Path, env: Mapping[str, Any], timing_cache: str | Path | None) -> tuple[Path, bytes]:
+    """Load the timing cache (enterprise TensorRT) into ``config``: (its path, the bytes it held)."""
+    tc_path = Path(timing_cache) if timing_cache else timing_cache_path(out, env)
+    tc_bytes = tc_path.read_bytes() if tc_path.is_file() else b""
+    cache = config.create_timing_cache(tc_bytes)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        tc_bytes = b""  # unreadable or from another device/version: start a fresh one
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return tc_path, tc_bytes
+
+
+def _engine_description(f: Flavour, env: Mapping[str, Any], onnx_path: Path, onnx_sha: str,
+                        onnx_side: dict | None) -> dict[str, Any]:
+    """The sidecar's account of what the engine is: flavour, version, targets, and the ONNX it came from."""
     label = F.describe(f) + (f", targets {'/'.join(F.sm_label(t) for t in env['targets'])}" if f.gpu_free_build
                              else f", {env.get('gpu_name')}")
-    sidecar = {
-        "file": engine_path.name,
+    side = onnx_side or {}
+    return {
         "flavour": f.name,
         "flavour_label": label,
         "trt_version": env["tensorrt"],
@@ -578,35 +620,24 @@ def build_engine(
         "targets": env["targets"],
         "onnx": str(onnx_path.resolve()),
         "onnx_sha256": onnx_sha,
-        "model": (onnx_side or {}).get("model"),
-        "preset": (onnx_side or {}).get("preset"),
-        "resolution": (onnx_side or {}).get("resolution"),
-        "precision": (onnx_side or {}).get("precision"),
+        "model": side.get("model"),
+        "preset": side.get("preset"),
+        "resolution": side.get("resolution"),
+        "precision": side.get("precision"),
         "environment": env,
-        "build_options": options,
-        "tf32_allowed": _flag(trt, config, "TF32"),
-        "timing_cache": str(tc_path) if tc_path else None,
-        "timing_cache_reused": bool(tc_bytes),
-        "parse_seconds": round(parse_s, 3),
-        "build_seconds": round(build_s, 3),
-        "build_peak_rss_mb": _peak_rss_mb(),
-        "engine_sha256": sha256_file(engine_path),
-        "engine_bytes": nbytes,
+    }
+
+
+def _layer_summary(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Layer precisions as counts, as text, and the built compute layers [name, kind, category, precision, ONNX nodes]."""
+    counts = precision_counts(layers)
+    return {
         "layer_precisions": counts,
         "layer_precisions_text": format_precisions(counts),
         "layers_built": len(layers),
-        # the built compute layers: [name, kind, category, precision, [ONNX nodes]]
         "compute_layers": [[la["name"], la["kind"], la["category"], la["precision"], la["onnx_layers"]]
                            for la in layers if la["category"] != "other"],
-        "executed": False,
-        "note": (NOT_RUN_NOTE if not F.gpu_visible()[0] else "built here; not executed by the build")
-        + ("; TensorRT-RTX compiles its kernels just in time on the target GPU at first inference"
-           if f.jit_kernels else ""),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "key": key,
     }
-    atomic_write_json(sidecar_path, sidecar)
-    return EngineResult(engine_path, sidecar_path, sidecar, reused=False)
 
 
 def build_in_child(onnx_path: str | Path, out_dir: str | Path, timeout_s: float = 3600, **kwargs: Any) -> dict[str, Any]:
