@@ -71,7 +71,7 @@ class BenchRow:
     e2e_ms_median: float | None = None
     e2e_ms_mean: float | None = None
     e2e_iters: int | None = None
-    peak_mem_mb: float | None = None
+    peak_mem_mib: float | None = None
     mem_kind: str = ""
     threads: int | None = None
     status: str = "ok"
@@ -163,10 +163,15 @@ def _convert(name: str, text: str) -> Any:
     return text
 
 
+#: column names of older result files -> today's
+LEGACY_COLUMNS = {"peak_mem_mb": "peak_mem_mib"}
+
+
 def row_from_dict(d: dict[str, Any]) -> BenchRow:
     """A BenchRow from a CSV/JSON record; unknown keys are ignored, missing ones take defaults."""
     if not d.get("model"):
         raise UserError("a record has no 'model' field; is this an asapbench bench.csv/bench.json?")
+    d = {LEGACY_COLUMNS.get(k, k): v for k, v in d.items()}
     kw = {}
     for k in COLUMNS:
         if k in d and d[k] is not None:
@@ -493,7 +498,7 @@ def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     out += _md_table(pd.DataFrame(body, columns=["model", "params", *res_cols]))
 
     out += ["", "## Peak memory (MiB; see mem_kind in bench.csv and results/README.md)", ""]
-    out += latency_table("peak_mem_mb")
+    out += latency_table("peak_mem_mib")
 
     notes = _rows_where(df, [status != "ok" or bool(note) for status, note in zip(df.status, df.note)])
     out += ["", "## Notes", ""]

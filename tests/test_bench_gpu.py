@@ -22,7 +22,7 @@ def test_tiny_cuda_sweep(tmp_path, cuda_graph):
     for prec in ("fp32", "fp16"):
         r = got[("torch", prec)]
         assert r.status == "ok", r.note
-        assert r.device == "cuda" and r.mem_kind == "cuda_max_allocated" and r.peak_mem_mb > 0
+        assert r.device == "cuda" and r.mem_kind == "cuda_max_allocated" and r.peak_mem_mib > 0
         assert r.cuda_graph is cuda_graph and r.e2e_ms_median > 0
     ort_ok = B.unsupported_reason("onnxruntime", "cuda", "fp32") is None
     trt_ok = B.unsupported_reason("tensorrt", "cuda", "fp32") is None

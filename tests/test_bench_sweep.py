@@ -48,7 +48,7 @@ def test_tiny_sweep_writes_consistent_outputs(tiny_sweep):
         assert r.ms_min <= r.ms_median <= r.ms_p90 <= r.ms_p99 <= r.ms_max
         assert r.iters >= 3 and r.warmup_iters >= 1 and r.e2e_iters == 1 and r.e2e_ms_median > 0
         assert r.img_per_s == pytest.approx(1e3 / r.ms_mean)
-        assert r.peak_mem_mb is not None and r.peak_mem_mb >= 0 and r.mem_kind
+        assert r.peak_mem_mib is not None and r.peak_mem_mib >= 0 and r.mem_kind
         assert r.threads >= 1 and r.torch_version and r.cpu_model
     assert {r.provider for r in rows if r.backend == "onnxruntime"} == {"CPUExecutionProvider"}
     # the four renderings agree

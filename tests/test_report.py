@@ -30,7 +30,7 @@ def _row(model, h, w, ms, backend="torch", status="ok", **kw):
             "torch_version": "2.x"}
     if status == "ok":
         base.update(ms_median=ms, ms_mean=ms * 1.01, ms_p90=ms * 1.1, ms_p99=ms * 1.2, ms_min=ms * 0.9, ms_max=ms * 1.3,
-                    ms_std=ms * 0.01, cov=0.01, iters=5, warmup_iters=2, e2e_ms_median=ms + 1, peak_mem_mb=100.0,
+                    ms_std=ms * 0.01, cov=0.01, iters=5, warmup_iters=2, e2e_ms_median=ms + 1, peak_mem_mib=100.0,
                     mem_kind="rss_peak_delta", img_per_s=1e3 / ms)
     base.update(kw)
     return BenchRow(**base)
@@ -58,7 +58,7 @@ def test_csv_round_trip(tmp_path, rows):
     assert tuple(header) == COLUMNS
     for col in ("model", "preset", "backend", "precision", "device", "height", "width", "batch", "params", "gmacs",
                 "ms_median", "ms_mean", "ms_p90", "ms_p99", "ms_min", "ms_std", "cov", "iters", "img_per_s",
-                "e2e_ms_median", "peak_mem_mb", "status", "note"):
+                "e2e_ms_median", "peak_mem_mib", "status", "note"):
         assert col in header
 
 

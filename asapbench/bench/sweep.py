@@ -257,14 +257,14 @@ def measure_cell(row: BenchRow, cell: B.Cell, cfg: SweepConfig, on_phase: Callab
             if cfg.e2e_iters > 0:
                 _time_e2e(row, runner, cell, cfg, deadline, say)
             probe.sample()
-            row.peak_mem_mb = probe.peak_mb()
+            row.peak_mem_mib = probe.peak_mb()
             row.mem_kind = probe.mem_kind
             row.provider = runner.provider
             row.threads = runner.threads
             notes = [runner.note] if runner.note else []
             if row.cov is not None and row.cov > COV_WARN:
                 notes.insert(0, f"CoV {row.cov:.1%} > {COV_WARN:.0%}: noisy timing")
-            if row.peak_mem_mb is None and probe.mem_kind == "ru_maxrss_delta":
+            if row.peak_mem_mib is None and probe.mem_kind == "ru_maxrss_delta":
                 notes.append("peak RSS hidden by an earlier, larger peak (clear_refs unavailable)")
             row.note = "; ".join(notes)
             row.status = "ok"

@@ -249,7 +249,7 @@ class SweepDisplay:
                       f"{r.ms_median:.2f}" if r.ms_median is not None else "",
                       f"{r.e2e_ms_median:.2f}" if r.e2e_ms_median is not None else "",
                       f"{r.cov:.1%}" if r.cov is not None else "",
-                      f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "",
+                      f"{r.peak_mem_mib:.0f}" if r.peak_mem_mib is not None else "",
                       r.status if r.status == "ok" else f"[red]{r.status}[/red]")
         return t
 
