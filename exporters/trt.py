@@ -487,9 +487,7 @@ def build_engine(
         raise UserError(f"optimisation level must be 0..5, got {opt_level}")
     target_list = F.parse_targets(targets) if isinstance(targets, str) else (list(targets) if targets else None)
     env = engine_environment(device_id, f, target_list)  # checks the targets (UserError naming the valid ones)
-    from asapbench.fsutil import ensure_writable_dir
-
-    out = ensure_writable_dir(out_dir or onnx_path.parent, "engine folder")
+    out = Path(out_dir or onnx_path.parent)
     if not f.gpu_free_build:
         import torch
 
@@ -510,9 +508,11 @@ def build_engine(
     if reuse:
         side, why = cache_lookup(engine_path, sidecar_path, key)
         step(f"engine cache: {why}")
-        if side is not None:
+        if side is not None:  # reused from a read-only cache too: the write test comes after
             return EngineResult(engine_path, sidecar_path, side, reused=True)
+    from asapbench.fsutil import ensure_writable_dir
 
+    ensure_writable_dir(out, "engine folder")
     step(f"parsing the ONNX ({F.describe(f)})")
     logger = _make_logger(trt)
     builder = trt.Builder(logger)
@@ -926,8 +926,12 @@ class TrtRunner:
         blob = self._rt_cache.serialize()
         if blob is None:
             return False
-        self.runtime_cache_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.runtime_cache_path, bytes(blob))
+        try:
+            self.runtime_cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.runtime_cache_path, bytes(blob))
+        except OSError:  # a read-only cache: the kernels are compiled again next time, nothing is lost
+            self.note = (self.note + "; " if self.note else "") + "runtime cache not saved (read-only folder)"
+            return False
         return True
 
     def infer_bound(self) -> None:

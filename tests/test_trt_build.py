@@ -436,3 +436,21 @@ def test_a_build_out_of_workspace_names_the_value_to_pass():
     assert "--workspace-gb 11" in hint
     assert workspace_hint("Exceeded mem budget", 4).endswith("pass --workspace-gb 16")
     assert DEFAULT_WORKSPACE_GB > 4  # ASAP-Net fp32 at 2048x2048 needs more than 4 GiB
+
+
+@needs_rtx
+def test_a_cached_engine_is_reused_without_writing(tiny_onnx, tmp_path, monkeypatch):
+    """A valid engine in a read-only cache is served: the cache is looked up before any write test."""
+    import asapbench.fsutil as fsutil
+    from exporters.trt import build_engine
+
+    onnx_path = tiny_onnx[("asapnet-tiny", "fp16")]
+    first = build_engine(onnx_path, tmp_path, flavour="rtx")
+    assert not first.reused
+
+    def no_writes(*a, **k):
+        raise AssertionError("the engine folder was tested for writing although a valid engine was cached")
+
+    monkeypatch.setattr(fsutil, "ensure_writable_dir", no_writes)
+    again = build_engine(onnx_path, tmp_path, flavour="rtx")
+    assert again.reused and again.engine_path == first.engine_path
