@@ -466,7 +466,7 @@ def build_model(name: str, height: int, width: int, preset: str | None = None, s
         create_generator(name, preset, **overrides).check_input_size(height, width)
     torch.manual_seed(seed)
     model = create_generator(name, preset, **overrides).prepare_for_inference()
-    from exporters.validate import spread_for_resolution
+    from asapbench.weights import spread_for_resolution
 
     spread_for_resolution(model, height, width, seed, steps=4)
     return model

@@ -4,7 +4,7 @@ One process, one thread setting per run: torch eager reference vs torch eager fa
 (fast export; also the reference export) for the whole model and for the pixelwise stream alone,
 plus a 2048^3 fp32 torch.mm (the machine's GEMM rate) timed in the same rounds. Every round runs
 each candidate once in turn (A, B, C, ... alternated), the report gives per-candidate medians.
-Random weights are spread with exporters.validate.spread_for_resolution (non-saturated output).
+Random weights are spread with asapbench.weights.spread_for_resolution (non-saturated output).
 
     PYTHONPATH=. python results/cpu-profile/bench_pixelwise.py --threads 1 --reps 3 --out results/cpu-profile/t1.json
 """
@@ -58,7 +58,7 @@ def main():
     from asapbench import create_generator
     from asapbench.counting import count_macs
     from asapbench.inputs import example_input
-    from exporters.validate import spread_for_resolution, spread_random_weights
+    from asapbench.weights import spread_for_resolution, spread_random_weights
 
     gemm_a, gemm_b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     out = {"threads": a.threads, "reps": a.reps, "torch": torch.__version__, "sizes": {}}
