@@ -10,6 +10,8 @@ parity comparison meaningless and fp16 overflow. A run's cost does not depend on
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -143,3 +145,15 @@ def calibration_size(model, height: int, width: int, max_area: int = 128 * 256) 
     while h * w > max_area and h % 2 == 0 and w % 2 == 0 and ok(h // 2, w // 2):
         h, w = h // 2, w // 2
     return h, w
+
+
+def realistic_model(name: str, height: int, width: int, preset: str | None = None, seed: int = 0,
+                    **overrides: Any) -> torch.nn.Module:
+    """``name`` configured for H x W (:func:`asapbench.registry.build_for_resolution`), seeded random
+    weights made realistic here, ready for inference: the model `run` and `profile` time."""
+    from asapbench.registry import build_for_resolution
+
+    model = build_for_resolution(name, height, width, preset, seed=seed, **overrides)
+    model.prepare_for_inference()
+    spread_for_resolution(model, height, width, seed, steps=4)
+    return model

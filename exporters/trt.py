@@ -120,15 +120,6 @@ def require_trt(flavour: str = "auto"):
     return F.load(resolve_flavour(flavour))
 
 
-def _tensorrt_cuda_flavour(flavour: Flavour = F.TENSORRT) -> str | None:
-    """``cu12``/``cu13`` from the installed TensorRT wheel's distribution name, if any."""
-    return F.cuda_flavour(flavour)
-
-
-def _cuda_driver_version() -> str | None:
-    return F.nvidia_driver_version()
-
-
 def engine_environment(device_id: int = 0, flavour: str | Flavour = "auto",
                        targets: Sequence[int] | None = None) -> dict[str, Any]:
     """What an engine depends on besides its ONNX and options.

@@ -118,15 +118,9 @@ def version_problem(f: Flavour, version: str) -> str | None:
 
 def cuda_flavour(f: Flavour) -> str | None:
     """``cu12``/``cu13`` from the installed wheel's distribution name (None when not found)."""
-    from importlib import metadata
+    from asapbench.versions import cuda_flavour as from_distribution
 
-    pat = re.compile(re.escape(f.dist) + r"-(cu\d+)")
-    for dist in metadata.distributions():
-        name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
-        m = pat.match(name)
-        if m:
-            return m.group(1)
-    return None
+    return from_distribution(f.dist)
 
 
 def nvidia_driver_version() -> str | None:

@@ -451,25 +451,9 @@ def profile_onnxruntime(model: nn.Module, x: torch.Tensor, iters: int, threads: 
 # --------------------------------------------------------------------------------------------
 def build_model(name: str, height: int, width: int, preset: str | None = None, seed: int = 0) -> nn.Module:
     """The generator configured for H x W as `asapbench run` does (random weights with a realistic spread)."""
-    from asapbench.registry import (
-        configure_for_resolution,
-        create_generator,
-        get_preset,
-    )
+    from asapbench.weights import realistic_model
 
-    if preset is None:
-        preset, overrides = configure_for_resolution(name, height, width)
-    else:
-        get_preset(name, preset)
-        overrides = {}
-    with torch.device("meta"):
-        create_generator(name, preset, **overrides).check_input_size(height, width)
-    torch.manual_seed(seed)
-    model = create_generator(name, preset, **overrides).prepare_for_inference()
-    from asapbench.weights import spread_for_resolution
-
-    spread_for_resolution(model, height, width, seed, steps=4)
-    return model
+    return realistic_model(name, height, width, preset, seed)
 
 
 def run_profile(model: str, res: str, backend: str = "torch", precision: str = "fp32", preset: str | None = None,

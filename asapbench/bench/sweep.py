@@ -144,16 +144,12 @@ def plan_models(models: Sequence[str], resolutions: Sequence[tuple[int, int]],
 
 def build_model(plan: ModelPlan, checkpoints: dict[str, torch.nn.Module], seed: int) -> torch.nn.Module:
     """The CPU fp32 generator of ``plan`` ready for inference: the checkpoint's, or seeded random weights
-    made realistic (:func:`asapbench.weights.spread_for_resolution`) so that ONNX exports can be reused."""
-    from asapbench.registry import build_for_resolution
-    from asapbench.weights import spread_for_resolution
+    made realistic (:func:`asapbench.weights.realistic_model`) so that ONNX exports can be reused."""
+    from asapbench.weights import realistic_model
 
     if plan.name in checkpoints:
         return checkpoints[plan.name]
-    model = build_for_resolution(plan.name, plan.height, plan.width, plan.preset, seed=seed, **plan.overrides)
-    model.prepare_for_inference()
-    spread_for_resolution(model, plan.height, plan.width, seed, steps=4)
-    return model
+    return realistic_model(plan.name, plan.height, plan.width, plan.preset, seed, **plan.overrides)
 
 
 # --------------------------------------------------------------------------------------------
