@@ -132,16 +132,19 @@ def spread_for_resolution(model: torch.nn.Module, height: int, width: int, seed:
 
 
 def calibration_size(model, height: int, width: int, max_area: int = 128 * 256) -> tuple[int, int]:
-    """A smaller valid input size with the aspect of H x W: halved while valid, above ``max_area`` and at
-    least two size multiples in area (one multiple leaves the deepest maps at 1x1, where instance
-    normalisation is undefined: ASAP-Net facades2048 at 128x128, pix2pixHD at 16x16)."""
-    mh, mw = model.size_multiple()
-    nh, nw = model.min_size()
-    h, w = height, width
+    """A smaller valid input size with the aspect of H x W: halved while above ``max_area`` and while the
+    model's own size rule (:meth:`check_input_size`) accepts the half (so ASAP-Net keeps two tiles: one
+    tile leaves its deepest maps at 1x1, where instance normalisation is undefined)."""
+    from asapbench.errors import UserError
 
     def ok(a: int, b: int) -> bool:
-        return a >= nh and b >= nw and a % mh == 0 and b % mw == 0 and (a // mh) * (b // mw) >= 2
+        try:
+            model.check_input_size(a, b)
+        except UserError:
+            return False
+        return True
 
+    h, w = height, width
     while h * w > max_area and h % 2 == 0 and w % 2 == 0 and ok(h // 2, w // 2):
         h, w = h // 2, w // 2
     return h, w
