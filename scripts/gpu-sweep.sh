@@ -6,7 +6,7 @@
 # Times asapnet, pix2pixhd and spade at 256x512, 512x512, 512x1024, 1024x1024, 1024x2048, 2048x2048 with
 # torch fp32 and fp16 (device-resident CUDA-event times and end-to-end times), plus onnxruntime's CUDA
 # provider and TensorRT where they are importable and usable. Nothing is installed: run it from a checkout
-# where `python -m asapbench` works (PYTHONPATH is set to the checkout). Budget: about 8 minutes on an
+# where `python -m asapbench` works (PYTHONPATH is set to the checkout). Budget (not yet timed): under 8 minutes on an
 # H100/H200-class GPU; a hard limit of 9 minutes keeps whatever rows finished (bench.csv is written after
 # every cell; an interrupted set is marked incomplete).
 set -euo pipefail
