@@ -205,14 +205,20 @@ def _session(model_or_path, ort, optimize: bool = True):
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
-def _gate_session(onnx_path: str | Path, ort, precision: str, exact_norm: bool):
-    """(session the gate runs, number of InstanceNormalization nodes made exact)."""
+def _gate_session(onnx_path: str | Path, ort, precision: str, exact_norm: bool, lean: bool = False):
+    """(session the gate runs, number of InstanceNormalization nodes made exact).
+
+    ``lean``: run the graph one node at a time (:class:`exporters.node_eval.NodeByNodeSession`), holding
+    only the values still needed -- for inputs above ``LARGE_INPUT_PIXELS``, where a whole-graph session
+    holds several times the graph's live set (docs/export.md, "Cost and memory").
+    """
     import onnx
 
     from exporters.fp16 import emulate_fp16
+    from exporters.node_eval import NodeByNodeSession
 
     emulated = precision == "fp16"
-    if not (exact_norm or emulated):
+    if not (exact_norm or emulated or lean):
         return _session(str(onnx_path), ort), 0
     proto = onnx.load(str(onnx_path))
     if emulated:
@@ -220,6 +226,8 @@ def _gate_session(onnx_path: str | Path, ort, precision: str, exact_norm: bool):
     n_exact = 0
     if exact_norm and any(n.op_type == "InstanceNormalization" for n in proto.graph.node):
         proto, n_exact = exact_instancenorm(proto, copy=False)
+    if lean:
+        return NodeByNodeSession(proto, optimize=not emulated), n_exact
     if not emulated and not n_exact:
         return _session(str(onnx_path), ort), 0
     return _session(proto, ort, optimize=not emulated), n_exact
@@ -280,7 +288,8 @@ def check_parity(
     t0 = time.perf_counter()
     say = progress or (lambda s: None)
     emulated = precision == "fp16"
-    gate_sess, n_exact = _gate_session(onnx_path, ort, precision, exact_norm)
+    lean = max(x[0, 0].numel() for _, x in inputs) > LARGE_INPUT_PIXELS
+    gate_sess, n_exact = _gate_session(onnx_path, ort, precision, exact_norm, lean=lean)
     samples: list[dict[str, Any]] = []
     as_is_inputs = []
     for desc, x in inputs:
@@ -308,6 +317,8 @@ def check_parity(
     if emulated:
         runtime += ("; fp16 emulated: every fp16 value rounded to fp16 explicitly, arithmetic in fp32 "
                     "(exporters.fp16.emulate_fp16)")
+    if lean:
+        runtime += "; run node by node (exporters.node_eval), holding only the values still needed"
     if n_exact:
         runtime += f"; its {n_exact} InstanceNormalization nodes evaluated exactly (float64, two-pass: exact_instancenorm)"
     return {
