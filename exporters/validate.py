@@ -294,13 +294,19 @@ def check_parity(
     as_is_inputs = []
     for desc, x in inputs:
         say(f"parity: {desc.split(' (')[0]}")
+        t = time.perf_counter()
         with torch.inference_mode():
             ref = model(x).float().numpy()
+        t_torch = time.perf_counter() - t
         got = gate_sess.run(None, {input_name: x.numpy()})[0]
-        rec = {"input": desc, "shape": list(x.shape), **compare(ref, got), "drift": None}
+        t_ort = time.perf_counter() - t - t_torch
+        rec = {"input": desc, "shape": list(x.shape), **compare(ref, got), "drift": None,
+               "seconds": {"torch": round(t_torch, 3), "onnxruntime": round(t_ort, 3)}}
         if precision == "fp32" and rec["max_abs_err"] is not None and rec["max_abs_err"] > PARITY_CRITERIA["fp32"]["max_abs_err"]:
             say(f"parity: float64 reference ({desc.split(' (')[0]})")
+            t = time.perf_counter()
             rec["drift"] = float64_drift(model, x, ref, got)
+            rec["seconds"]["float64"] = round(time.perf_counter() - t, 3)
         samples.append(rec)
         if not as_is_inputs and (n_exact or emulated) and x[0, 0].numel() <= LARGE_INPUT_PIXELS:
             as_is_inputs.append((desc, x, ref))
