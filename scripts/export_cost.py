@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ def _r(v):
     return None if v is None else round(float(v), 1)
 
 
-def _one(model: str, res: str, precision: str, work: Path) -> dict:
+def _one(model: str, res: str, precision: str, work: Path, keep: Path | None = None) -> dict:
     out = work / f"{model}-{precision}"
     cmd = [sys.executable, "-m", "asapbench", "export", "--model", model, "--res", res, "--precision", precision,
            "--engine", "onnx", "--out", str(out)]
@@ -51,6 +52,11 @@ def _one(model: str, res: str, precision: str, work: Path) -> dict:
     row = {"model": model, "resolution": res, "precision": precision, "wall_s": round(wall, 1),
            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2), "exit_code": code}
     sidecars = sorted(out.glob("*.json"))
+    if keep is not None and code == 0:  # e.g. a fresh `asapbench run --cache-dir` cache: its onnx/ folder
+        keep.mkdir(parents=True, exist_ok=True)
+        for f in sorted(out.iterdir()):
+            shutil.move(str(f), str(keep / f.name))
+        sidecars = sorted(keep.glob(f"{sidecars[0].name}")) if sidecars else []
     if code != 0 or not sidecars:
         row["status"] = f"FAILED (exit {code}): {tail[0][:200]}"
         return row
@@ -111,6 +117,7 @@ def main() -> int:
     ap.add_argument("--models", default="asapnet,pix2pixhd,pix2pixhd-local,spade,pix2pix")
     ap.add_argument("--precisions", default="fp32,fp16")
     ap.add_argument("--out", default=str(ROOT / "results" / "export-cost"))
+    ap.add_argument("--keep", default=None, help="move the exported files here afterwards (default: delete them)")
     a = ap.parse_args()
     from asapbench.bench.system import snapshot
     from asapbench.fsutil import atomic_write_json, atomic_write_text
@@ -124,7 +131,7 @@ def main() -> int:
         for precision in a.precisions.split(","):
             print(f"export-cost: {model} {a.res} {precision} ...", flush=True)
             with tempfile.TemporaryDirectory(prefix="export-cost-") as work:
-                row = _one(model, a.res, precision, Path(work))
+                row = _one(model, a.res, precision, Path(work), Path(a.keep) if a.keep else None)
             print(f"  {row['status']}: {row['wall_s']} s, peak RSS {row['peak_rss_gb']} GB", flush=True)
             rows.append(row)
             atomic_write_json(out / "export-cost.json", {"environment": env, "rows": rows})
