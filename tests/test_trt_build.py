@@ -454,3 +454,28 @@ def test_a_cached_engine_is_reused_without_writing(tiny_onnx, tmp_path, monkeypa
     monkeypatch.setattr(fsutil, "ensure_writable_dir", no_writes)
     again = build_engine(onnx_path, tmp_path, flavour="rtx")
     assert again.reused and again.engine_path == first.engine_path
+
+
+@needs_rtx
+def test_engines_report_replaces_a_rebuilt_cell_and_can_clear_notes(tiny_onnx, tmp_path):
+    """One row per cell: the same model/resolution/precision built again (here from a renamed copy, as a
+    preset change renames the file) replaces the earlier row; --clear-notes drops the earlier notes."""
+    import shutil
+
+    from asapbench.commands.engines import build_report
+
+    good = tiny_onnx[("asapnet-tiny", "fp16")]
+    kw = dict(out=tmp_path / "rep", work=tmp_path / "eng", trt="rtx", target_sm="86", keep_engines=False,
+              log=lambda s: None)
+    build_report([str(good)], notes=["old note"], **kw)
+    other = tmp_path / "renamed" / ("x-" + good.name)
+    other.parent.mkdir()
+    shutil.copy(good, other)
+    shutil.copy(good.with_suffix(".json"), other.with_suffix(".json"))
+    build_report([str(other)], notes=["new note"], **kw)
+    side = json.loads((tmp_path / "rep" / "build.json").read_text())
+    assert [r["onnx"] for r in side["rows"]] == [other.name]
+    assert side["notes"] == ["old note", "new note"]
+    build_report([str(other)], notes=["only note"], clear_notes=True, **kw)
+    side = json.loads((tmp_path / "rep" / "build.json").read_text())
+    assert side["notes"] == ["only note"] and len(side["rows"]) == 1

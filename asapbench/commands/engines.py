@@ -76,11 +76,14 @@ def build_report(
     keep_engines: bool = True,
     notes: Sequence[str] = (),
     max_res: str | None = None,
+    clear_notes: bool = False,
     log=print,
 ) -> list[dict[str, Any]]:
     """Build an engine for every ONNX in ``onnx`` (files or folders), each in its own process, and
-    write ``build.json``/``build.csv``/``build.md`` under ``out`` (rows of earlier runs for other files
-    are kept: the report grows run by run; so are earlier ``notes``, with ``notes`` added). A dynamic ONNX
+    write ``build.json``/``build.csv``/``build.md`` under ``out`` (rows of earlier runs for other cells
+    are kept: the report grows run by run, and a cell -- model, resolution, precision, flavour version,
+    targets -- built again replaces its earlier row, whichever preset or file it came from; earlier
+    ``notes`` are kept too, with ``notes`` added, unless ``clear_notes``). A dynamic ONNX
     gets the profile min = its export resolution, opt = max = ``max_res`` (default: the export resolution).
     Returns the rows of this run."""
     from asapbench.fsutil import (
@@ -142,7 +145,7 @@ def build_report(
         if not keep_engines and res.get("engine"):
             for p in (Path(res["engine"]), Path(res["engine"] + ".json")):
                 p.unlink(missing_ok=True)
-        _write(out_dir, rows, f, targets, atomic_write_json, atomic_write_text, notes)
+        _write(out_dir, rows, f, targets, atomic_write_json, atomic_write_text, notes, clear_notes)
     return rows
 
 
@@ -168,16 +171,22 @@ def _environment(f, targets) -> dict[str, Any]:
 
 
 def _write(out_dir: Path, new_rows: list[dict], f, targets, atomic_write_json, atomic_write_text,
-           notes: Sequence[str] = ()) -> None:
+           notes: Sequence[str] = (), clear_notes: bool = False) -> None:
     path = out_dir / "build.json"
     try:
         prev = json.loads(path.read_text())
         old, old_notes = prev.get("rows", []), prev.get("notes", [])
     except (OSError, ValueError, AttributeError):
         old, old_notes = [], []
-    all_notes = list(dict.fromkeys([*old_notes, *notes]))
-    ident = {(r["onnx"], tuple(r["targets"]), r["trt"]) for r in new_rows}
-    rows = [r for r in old if (r.get("onnx"), tuple(r.get("targets") or ()), r.get("trt")) not in ident] + new_rows
+    all_notes = list(dict.fromkeys([*([] if clear_notes else old_notes), *notes]))
+
+    def cell(r: dict) -> tuple:  # one row per cell: a rebuild replaces it, whichever preset or file it came from
+        if r.get("model") and r.get("resolution") and r.get("precision"):
+            return (r["model"], r["resolution"], r["precision"], tuple(r.get("targets") or ()), r.get("trt"))
+        return (r.get("onnx"), tuple(r.get("targets") or ()), r.get("trt"))
+
+    ident = {cell(r) for r in new_rows}
+    rows = [r for r in old if cell(r) not in ident] + new_rows
     rank = {m: i for i, m in enumerate(MODEL_ORDER)}
 
     def order(r):
@@ -264,9 +273,10 @@ def register(app) -> None:
         keep_engines: Annotated[bool, typer.Option("--keep-engines/--no-keep-engines", help="Keep the built engines (they are large).")] = True,
         max_res: Annotated[str | None, typer.Option("--max-res", help="Dynamic ONNX files: the profile's opt = max resolution (min: the export resolution).")] = None,
         note: Annotated[list[str] | None, typer.Option("--note", help="A line for the report's notes (e.g. why a cell is missing); repeatable, kept across runs.")] = None,
+        clear_notes: Annotated[bool, typer.Option("--clear-notes", help="Drop the report's earlier notes (rows are kept; pass the notes that still hold with --note).")] = False,
     ) -> None:
         """Build TensorRT engines for ONNX files, one process each, and report parse/build/memory/precisions."""
         if workspace_gb <= 0:
             raise UserError(f"--workspace-gb must be positive, got {workspace_gb}")
         build_report(onnx, out=out, work=work, trt=trt, target_sm=target_sm, workspace_gb=workspace_gb,
-                     keep_engines=keep_engines, notes=note or (), max_res=max_res)
+                     keep_engines=keep_engines, notes=note or (), max_res=max_res, clear_notes=clear_notes)
