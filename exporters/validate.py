@@ -378,3 +378,13 @@ def raise_if_failed(parity: dict[str, Any], what: str) -> None:
         f"parity check failed for {what}: {'; '.join(parity['failures'])} ({nums}; criterion: {parity['criterion']}); "
         "the numbers are in the .parity-failed.json report beside it; export with --precision fp32 or report a bug"
     )
+
+
+def judge_outputs(ref: np.ndarray, got: np.ndarray, precision: str = "fp16") -> dict[str, Any]:
+    """One output ``got`` against its fp32 reference ``ref`` by the gate's criteria for ``precision``
+    (``PARITY_CRITERIA``; no export involved): :func:`compare`'s metrics plus ``passed``, ``failures``,
+    ``criterion`` and ``degenerate``. The torch bf16 cells on the CPU are judged by the fp16 criteria."""
+    rec = {**compare(ref, got), "drift": None}
+    fails = _gate(precision, rec)
+    return {**rec, "passed": not fails, "failures": fails, "criterion": _criterion_text(precision),
+            "degenerate": rec["output_std"] < MIN_OUTPUT_STD or rec["saturated_fraction"] > MAX_SATURATED}

@@ -15,6 +15,10 @@ A runner is used with ``with`` (Polygraphy-style: artefacts apart from execution
 A backend, provider or precision the machine cannot run raises :class:`Unsupported` with the
 reason; the sweep records it as a row with status ``unsupported``. Nothing falls back to the CPU
 silently: the onnxruntime providers actually loaded are checked against the one asked for.
+
+bf16 is timed on the CPU only, by torch and torch-compile, and only on a CPU with native bf16
+(AVX-512 BF16 or AMX: :func:`asapbench.bench.system.cpu_bf16_support`); its output must pass the
+fp16 parity criteria against the fp32 model first (:class:`GateFailed` otherwise: an ``error`` row).
 """
 
 from __future__ import annotations
@@ -28,16 +32,26 @@ from typing import Any
 import torch
 
 #: every precision a backend may time, and the torch dtype of each
-PRECISIONS = ("fp32", "fp16")
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = ("fp32", "fp16", "bf16")
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICES = ("auto", "cpu", "cuda")
 
 _CPU_HALF = ("{precision} is timed on CUDA only (CPU half-precision kernels are not a deployment path for these "
-             "models); use --precision fp32 on the CPU")
+             "models); use --precision fp32 on the CPU (or bf16 with --backends torch on a CPU with AVX-512 BF16 or AMX)")
+_CPU_BF16 = "bf16 on the CPU is timed by --backends torch and torch-compile only; {name} cannot time it"
+#: why onnxruntime times no bf16 on the CPU (checked with onnxruntime 1.32 and opset 22, where ONNX allows
+#: bfloat16 for these ops; tests/test_bf16_cpu.py re-checks the installed onnxruntime)
+_ORT_CPU_BF16 = ("onnxruntime's CPUExecutionProvider has no bfloat16 kernel for Conv, InstanceNormalization or "
+                 "MatMul (a bf16 graph fails at session creation: 'Could not find an implementation for "
+                 "Conv(22)'), and asapbench has no bf16 ONNX export; time bf16 on the CPU with --backends torch")
 
 
 class Unsupported(Exception):
     """This backend/provider/precision cannot run on this machine; the message says why."""
+
+
+class GateFailed(Exception):
+    """A reduced-precision cell computes too far from fp32 to be timed; the message carries the numbers."""
 
 
 @dataclass
@@ -122,6 +136,8 @@ class Backend:
     device_hint: str = ""  # why the other devices cannot run it
     in_default: bool = True  # part of the default set wherever it is available
     description: str = ""
+    #: (device, precision) -> why this backend cannot time that precision there (a specific reason)
+    refusals: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def runner_class(self) -> type[Runner]:
         module, cls = self.runner.split(":")
@@ -131,7 +147,11 @@ class Backend:
         """Why this backend cannot time ``precision`` on ``device`` here (None when it can)."""
         if precision not in PRECISIONS:
             return f"unknown precision {precision!r}"
+        if (device, precision) in self.refusals:
+            return self.refusals[(device, precision)]
         if device == "cpu" and precision not in self.precisions.get("cpu", ("fp32",)):
+            if precision == "bf16":
+                return _CPU_BF16.format(name=self.name)
             return _CPU_HALF.format(precision=precision)
         if cuda_graph and device != "cuda":
             return "CUDA graphs need --device cuda"
@@ -139,20 +159,29 @@ class Backend:
             return self.device_hint or f"{self.name} cannot run on {device}"
         if precision not in self.precisions.get(device, ()):
             return f"{self.name} does not time {precision} on {device}; choose from {', '.join(self.precisions[device])}"
+        if device == "cpu" and precision == "bf16":
+            from asapbench.bench import system
+
+            ok, why = system.cpu_bf16_support()
+            if not ok:
+                return why
         return self.runner_class().availability(self, device)
 
 
 _BOTH = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}
 _CUDA = {"cuda": ("fp32", "fp16")}
+#: torch: bf16 on the CPU as well (on CPUs with AVX-512 BF16 or AMX: system.cpu_bf16_support)
+_TORCH = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16")}
 
 #: the backend table, in the order rows are written
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("torch", "asapbench.bench.runner_torch:TorchRunner", ("cpu", "cuda"), _BOTH,
+    Backend("torch", "asapbench.bench.runner_torch:TorchRunner", ("cpu", "cuda"), _TORCH,
             description="PyTorch eager"),
-    Backend("torch-compile", "asapbench.bench.runner_torch:TorchRunner", ("cpu", "cuda"), _BOTH, in_default=False,
+    Backend("torch-compile", "asapbench.bench.runner_torch:TorchRunner", ("cpu", "cuda"), _TORCH, in_default=False,
             description="torch.compile (Inductor); compilation happens during warm-up"),
     Backend("onnxruntime", "asapbench.bench.runner_ort:OnnxRuntimeRunner", ("cpu", "cuda"), _BOTH,
             providers={"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"},
+            refusals={("cpu", "bf16"): _ORT_CPU_BF16},
             description="onnxruntime on the parity-gated ONNX export"),
     Backend("onnxruntime-trt", "asapbench.bench.runner_ort:OnnxRuntimeRunner", ("cuda",), _CUDA,
             providers={"cuda": "TensorrtExecutionProvider"},

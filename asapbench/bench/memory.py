@@ -24,7 +24,7 @@ import torch
 SAFETY = 1.5
 #: runtime libraries' own working memory (kernels' scratch, onnxruntime session), bytes
 OVERHEAD = 64 * 2**20
-BYTES = {"fp32": 4, "fp16": 2}
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 @dataclass(frozen=True)

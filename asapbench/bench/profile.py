@@ -6,7 +6,7 @@ SPADE = head, SPADE blocks, out; pix2pix U-Net = down path, up path. Any other g
 stage. For each stage the result gives its median time, its MACs (counted on the meta device as
 :mod:`asapbench.counting` does, so the pixelwise stream counts the reference formulation's MACs) and
 the achieved GFLOP/s beside the machine's GEMM rate for the precision (a ``torch.mm`` of
-``gemm_size``^3, measured in the same run, before and after). Times are medians over the rounds;
+``gemm_size``^3 in that precision, measured in the same run, before and after). Times are medians over the rounds;
 the JSON also has each one's minimum (``min_ms``), the better estimate on a busy machine.
 
 - ``torch``: the stages run one after another as PyTorch calls timed with ``perf_counter``; every
@@ -17,6 +17,11 @@ the JSON also has each one's minimum (``min_ms``), the better estimate on a busy
   path (``pkg.torch.onnx.name_scopes``) or, for functional code at the top level, its source line;
   nodes ORT inserts (layout reorders) count with the next kernel's stage; the whole-model time is
   ORT's own ``model_run`` event, and the time between kernels is reported as ``(runtime overhead)``.
+
+``--precision bf16`` (torch only, on a CPU with AVX-512 BF16 or AMX): the model and input cast to
+``torch.bfloat16`` as ``asapbench run`` times them, the GEMM rate measured in bf16, and the bf16 output
+compared with the fp32 model's (``bf16_vs_fp32``: PSNR, max |error|, NaN/Inf, and whether it meets the
+gate ``run`` applies; a profile is reported either way).
 
 onnx and onnxruntime are imported inside the functions that need them only.
 """
@@ -41,7 +46,8 @@ from torch import nn
 from asapbench.errors import UserError
 
 BACKENDS = ("torch", "onnxruntime")
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
+GEMM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OTHER = "(other)"
 OVERHEAD = "(runtime overhead)"
 
@@ -274,8 +280,8 @@ def stage_macs(model: nn.Module, height: int, width: int, batch: int = 1) -> dic
 
 
 def gemm_rate(precision: str = "fp32", n: int = 2048, repeats: int = 3) -> dict[str, Any]:
-    """The machine's GEMM rate: median GFLOP/s of ``torch.mm`` on two ``n x n`` matrices."""
-    dtype = {"fp32": torch.float32}[precision]
+    """The machine's GEMM rate: median GFLOP/s of ``torch.mm`` on two ``n x n`` matrices of ``precision``."""
+    dtype = GEMM_DTYPES[precision]
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
@@ -468,6 +474,12 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         raise UserError(f"unknown --backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown or unsupported --precision {precision!r}; on the CPU choose: {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        from asapbench.bench import backends as B
+
+        why = B.unsupported_reason(backend, "cpu", precision)
+        if why:
+            raise UserError(f"--precision bf16 --backend {backend}: {why}".replace("--backends torch", "--backend torch"))
     h, w = parse_resolution(res)
     if iters < 1:
         raise UserError(f"--iters must be at least 1, got {iters}")
@@ -486,6 +498,9 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         m = build_model(model, h, w, preset, seed)
         x = example_input(m, 1, h, w, seed=seed)
         macs = stage_macs(m, h, w)
+        parity = None
+        if precision != "fp32":
+            m, x, parity = _cast_and_compare(m, x, precision)
         gemm = gemm_rate(precision, gemm_size)
         if backend == "torch":
             res_ = profile_torch(m, x, iters, warmup)
@@ -532,6 +547,8 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         "git_sha": git_sha(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
         "pixelwise_impl": getattr(m, "pixelwise_impl", None),
     }
+    if parity is not None:
+        out[f"{precision}_vs_fp32"] = parity
     if backend == "onnxruntime":
         import onnxruntime
 
@@ -545,13 +562,40 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
     return out
 
 
+def _cast_and_compare(model: nn.Module, x: torch.Tensor, precision: str) -> tuple[nn.Module, torch.Tensor, dict]:
+    """``model`` and ``x`` cast to ``precision`` (as the torch runner times them) and the cast model's output
+    judged against the fp32 model's by the gate ``asapbench run`` applies (fp16 criteria)."""
+    import copy
+
+    from asapbench.bench.backends import TORCH_DTYPES
+    from asapbench.bench.runner_torch import GATED
+    from exporters.validate import judge_outputs
+
+    dtype = TORCH_DTYPES[precision]
+    cast = copy.deepcopy(model).to(dtype).eval()
+    xc = x.to(dtype)
+    with torch.inference_mode():
+        ref = model(x).float().numpy()
+        got = cast(xc).float().numpy()
+    rec = judge_outputs(ref, got, GATED[precision])
+    keep = ("passed", "psnr_db", "max_abs_err", "nonfinite", "criterion", "failures")
+    return cast, xc, {k: rec[k] for k in keep}
+
+
 def render_table(result: dict[str, Any]):
     """A rich Table of one profile result."""
     from rich.table import Table
 
     h, w = result["resolution"]
-    t = Table(title=f"{result['model']} ({result['preset']}) {h}x{w} {result['backend']} {result['precision']}, "
-                    f"{result['threads']} thread(s); GEMM {result['gemm']['gflops']:.1f} GFLOP/s")
+    prec = result["precision"]
+    caption = None
+    parity = result.get(f"{prec}_vs_fp32")
+    if parity is not None:
+        verdict = "meets" if parity["passed"] else "FAILS"
+        caption = (f"{prec} output vs fp32: PSNR {parity['psnr_db']:.2f} dB, NaN/Inf {parity['nonfinite']} ({verdict} "
+                   f"the `asapbench run` gate: {parity['criterion']})")
+    t = Table(title=f"{result['model']} ({result['preset']}) {h}x{w} {result['backend']} {prec}, "
+                    f"{result['threads']} thread(s); GEMM ({prec}) {result['gemm']['gflops']:.1f} GFLOP/s", caption=caption)
     for col in ("stage", "ms", "% of model", "GMACs", "GFLOP/s", "% of GEMM"):
         t.add_column(col, justify="left" if col == "stage" else "right")
 

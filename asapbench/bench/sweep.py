@@ -169,6 +169,8 @@ def classify_failure(exc: BaseException) -> tuple[str, str]:
     """(status, note) for an exception raised by a cell."""
     if isinstance(exc, B.Unsupported):
         return "unsupported", str(exc)
+    if isinstance(exc, B.GateFailed):
+        return "error", str(exc)
     if isinstance(exc, BudgetExceeded):
         return "budget", str(exc)
     if isinstance(exc, MemoryRefused):
@@ -338,7 +340,7 @@ def _new_row(plan: ModelPlan, backend: str, precision: str, cfg: SweepConfig, th
 
 def _fail(row: BenchRow, exc: BaseException) -> None:
     row.status, row.note = classify_failure(exc)
-    if row.status == "error":
+    if row.status == "error" and not isinstance(exc, B.GateFailed):
         tb = traceback.extract_tb(exc.__traceback__)
         if tb:
             row.note += f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})"
@@ -433,7 +435,7 @@ def plan_res(plan: ModelPlan) -> str:
 def _export_bytes(plan: ModelPlan, precision: str) -> int:
     """About how many bytes the cell's ONNX export writes (its weights at the precision, plus 10%)."""
     params = int((plan.cost or {}).get("params") or 0)
-    return int(params * (2 if precision == "fp16" else 4) * 1.1)
+    return int(params * (2 if precision in ("fp16", "bf16") else 4) * 1.1)
 
 
 def _check_memory(plan: ModelPlan, cfg: SweepConfig, precision: str) -> None:
@@ -443,7 +445,7 @@ def _check_memory(plan: ModelPlan, cfg: SweepConfig, precision: str) -> None:
     est = plan.memory
     if est is None:
         return
-    scale = 0.5 if precision == "fp16" else 1.0
+    scale = 0.5 if precision in ("fp16", "bf16") else 1.0
     cell_est = MemoryEstimate(int(est.weights * scale), int(est.activations * scale * cfg.batch), est.io * cfg.batch)
     ok, why = fits(cell_est, cfg.device)
     if not ok:

@@ -43,6 +43,58 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+#: CPU flags (as /proc/cpuinfo spells them) that give native bf16 arithmetic: AVX-512 BF16 (Intel Cooper
+#: Lake and later, AMD Zen 4 and later) or AMX BF16 (Intel Sapphire Rapids and later)
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpuinfo_text() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def cpu_bf16_support(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively, and how that was decided (or why not).
+
+    Linux: the ``flags`` line of /proc/cpuinfo (``cpuinfo``: its text, for tests) must name
+    ``avx512_bf16`` or ``amx_bf16``. Without /proc/cpuinfo: torch's own CPU capability checks
+    (``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``) when this torch has them.
+    Anything else is unknown, and unknown counts as unsupported (the reason says so): without those
+    instructions torch emulates bf16 in fp32 arithmetic, which times nothing a deployment would use.
+    Tests monkeypatch this function to cover both outcomes whatever the machine.
+    """
+    text = _cpuinfo_text() if cpuinfo is None else cpuinfo
+    need = " or ".join(BF16_CPU_FLAGS)
+    flag_lines = [ln for ln in (text or "").splitlines() if ln.lower().startswith(("flags", "features"))]
+    if flag_lines:
+        flags = set(flag_lines[0].split(":", 1)[-1].split())
+        have = [f for f in BF16_CPU_FLAGS if f in flags]
+        if have:
+            return True, f"CPU flags: {', '.join(have)}"
+        return False, (f"bf16 on the CPU needs the {need} instructions (AVX-512 BF16: Intel Cooper Lake or "
+                       f"later, AMD Zen 4 or later; AMX: Intel Sapphire Rapids or later); this CPU "
+                       f"({cpu_model()}) has neither in /proc/cpuinfo; use --precision fp32")
+    try:
+        import torch
+
+        checks = [(name, getattr(torch.cpu, attr, None)) for name, attr in
+                  (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx_bf16", "_is_amx_tile_supported"))]
+        known = [(name, fn()) for name, fn in checks if callable(fn)]
+    except Exception:  # noqa: BLE001 - an unknown answer is reported as unknown
+        known = []
+    have = [name for name, ok in known if ok]
+    if have:
+        return True, f"torch.cpu reports {', '.join(have)}"
+    if known:
+        return False, (f"bf16 on the CPU needs the {need} instructions; torch.cpu reports neither on this CPU "
+                       f"({cpu_model()}); use --precision fp32")
+    return False, (f"cannot tell whether this CPU ({cpu_model()}) has the {need} instructions (no /proc/cpuinfo "
+                   "flags and no torch.cpu capability check), so bf16 is not timed; use --precision fp32")
+
+
 def _run(cmd: list[str], cwd: str | None = None, timeout: float = 10.0) -> str | None:
     try:
         out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -125,6 +177,7 @@ def snapshot(argv: list[str] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "cpu_count": cpu_count(),
+        "cpu_bf16": list(cpu_bf16_support()),
     }
     env.update(torch_info())
     smi = nvidia_smi()

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option("--model", "-m", help="Registered model (see `asapbench models --tiny`).")],
         res: Annotated[str, typer.Option("--res", "-r", help="Resolution HxW or N (NxN).")],
         backend: Annotated[str, typer.Option("--backend", "-b", help="torch or onnxruntime (CPU).")] = "torch",
-        precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 (the CPU precision profiled).")] = "fp32",
+        precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, or bf16 (--backend torch, on CPUs with AVX-512 BF16 or AMX): model and input in bfloat16, the GEMM rate measured in bf16, and the output compared with fp32 (PSNR).")] = "fp32",
         preset: Annotated[str | None, typer.Option("--preset", help="Preset (default: configured for --res as `asapbench run` does).")] = None,
         threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
         iters: Annotated[int, typer.Option("--iters", "-n", help="Timed rounds (medians are reported).")] = 3,
