@@ -94,10 +94,27 @@ def labels_to_image(labels: torch.Tensor, label_nc: int) -> torch.Tensor:
     return pal[labels.squeeze(1).long()].permute(0, 3, 1, 2).contiguous()
 
 
+def label_input(model, labels: torch.Tensor, instances: torch.Tensor | None = None) -> torch.Tensor:
+    """The label-map input of ``model`` in ``--input labels`` mode: int32 ``[N, 1, H, W]`` label ids, or
+    ``[N, 2, H, W]`` (channel 1: instance ids, the labels themselves when there are none) for a model
+    whose input has the instance-edge channel (``model.label_input_nc``)."""
+    from asapbench.models.base import LABEL_DTYPE
+
+    if labels.dim() == 3:
+        labels = labels.unsqueeze(1)
+    if model.label_input_nc == 1:
+        return labels.to(LABEL_DTYPE).contiguous()
+    inst = labels if instances is None else (instances.unsqueeze(1) if instances.dim() == 3 else instances)
+    return torch.cat([labels, inst], dim=1).to(LABEL_DTYPE)
+
+
 def example_input(model, batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """A realistic input tensor for ``model`` (any asapbench generator) at H x W, on the CPU, float32."""
+    """A realistic input tensor for ``model`` (any asapbench generator) at H x W, on the CPU: float32 (the
+    official input), or the int32 label map (:func:`label_input`) when ``model.input_mode == "labels"``."""
     label_nc = model.label_nc or 19
     labels, inst = random_label_map(batch, height, width, label_nc, seed=seed)
+    if getattr(model, "input_mode", "onehot") == "labels":
+        return label_input(model, labels, inst)
     if model.input_kind == "image":
         return labels_to_image(labels, label_nc)
     return encode_labels(
@@ -166,7 +183,8 @@ def read_label_map(path: str | Path, height: int, width: int) -> torch.Tensor:
 
 def input_from_label_maps(model, folder: str | Path, batch: int, height: int, width: int,
                           index: int = 0) -> tuple[str, torch.Tensor]:
-    """(description, float32 input ``[batch, input_nc, H, W]``) from ``batch`` label maps of ``folder``.
+    """(description, float32 input ``[batch, input_nc, H, W]``) from ``batch`` label maps of ``folder``
+    (the int32 label map of :func:`label_input` when ``model.input_mode == "labels"``).
 
     Label ids outside the model's classes raise UserError (a folder of another dataset's maps).
     """
@@ -177,6 +195,8 @@ def input_from_label_maps(model, folder: str | Path, batch: int, height: int, wi
     labs = torch.cat([read_label_map(lab, height, width) for lab, _ in picked])
     label_nc = model.label_nc or int(labs.max()) + 1
     n_cls = label_nc + (1 if model.contain_dontcare else 0)
+    if getattr(model, "input_mode", "onehot") == "labels":
+        n_cls = model.label_classes  # the in-graph encoding has a fixed number of classes (pix2pix: its palette)
     if int(labs.max()) >= n_cls or int(labs.min()) < 0:
         raise UserError(f"label maps in {str(folder)!r} hold ids up to {int(labs.max())}, but {model.model_name or 'the model'} "
                         f"takes {n_cls} classes; pass label maps of the dataset the model was configured for")
@@ -186,9 +206,13 @@ def input_from_label_maps(model, folder: str | Path, batch: int, height: int, wi
     else:
         desc = f"label maps {', '.join(lab.name for lab, _ in picked)} (nearest-resized to {height}x{width})"
     if model.input_kind == "image":
+        if getattr(model, "input_mode", "onehot") == "labels":
+            return desc, label_input(model, labs)
         return desc, labels_to_image(labs, label_nc)
     insts = None
     if model.instance_edge:
         insts = torch.cat([read_label_map(inst, height, width) if inst is not None else read_label_map(lab, height, width)
                            for lab, inst in picked])
+    if getattr(model, "input_mode", "onehot") == "labels":
+        return desc, label_input(model, labs, insts)
     return desc, encode_labels(labs, label_nc, insts, contain_dontcare=model.contain_dontcare)

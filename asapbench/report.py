@@ -53,6 +53,8 @@ class BenchRow:
     width: int = 0
     batch: int = 1
     input_nc: int | None = None  # channels of the model's input (label one-hot + instance edges)
+    input: str = "onehot"  # what the model took: onehot (official float tensor) or labels (int32 label map, --input labels)
+    input_bytes: int | None = None  # bytes of one image's host input (what end-to-end time copies in)
     params: int | None = None
     macs: int | None = None  # per image (counted at batch 1), asapbench.counting.count_macs
     gmacs: float | None = None  # per image, 1e9 MACs
@@ -265,7 +267,7 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
 # grouping shared by markdown and plot
 # --------------------------------------------------------------------------------------------
 #: two rows with the same values here are the same cell measured twice (merged CSVs): the last one counts
-_CELL_KEY = ["model", "preset", "overrides", "checkpoint", "backend", "precision", "device", "cuda_graph",
+_CELL_KEY = ["model", "preset", "overrides", "checkpoint", "backend", "input", "precision", "device", "cuda_graph",
              "height", "width", "batch", "machine"]
 #: the columns that name one line of a table: model, backend (+graph), precision, where it ran
 _GROUP = ["model", "label", "precision", "where"]
@@ -274,7 +276,8 @@ _GROUP = ["model", "label", "precision", "where"]
 def _view(rows: Sequence[BenchRow]) -> pd.DataFrame:
     """:func:`frame` of the rows with duplicates of a cell dropped (the last one wins, in the place of
     its last occurrence), plus the columns the tables and the plot group by: ``machine`` (the GPU name
-    for CUDA rows, else the CPU model), ``label`` (backend, "+graph" for CUDA-graph rows), ``res``
+    for CUDA rows, else the CPU model), ``label`` (backend, "+graph" for CUDA-graph rows, "+labels" for
+    label-map input rows), ``res``
     ("HxW") and ``ms_per_image`` / ``e2e_ms_per_image`` (per forward call / batch).
     """
     pd = _pd()
@@ -282,7 +285,8 @@ def _view(rows: Sequence[BenchRow]) -> pd.DataFrame:
     df = frame(rows)
     # the BenchRow properties are the one definition of each derived value
     df["machine"] = [r.machine for r in rows]
-    df["label"] = [r.backend + (" +graph" if r.cuda_graph else "") for r in rows]
+    df["label"] = [r.backend + (" +graph" if r.cuda_graph else "") + (f" +{r.input}" if r.input != "onehot" else "")
+                   for r in rows]
     df["res"] = [r.res for r in rows]
     df["ms_per_image"] = pd.array([r.ms_per_image for r in rows], dtype="Float64")
     df["e2e_ms_per_image"] = pd.array([r.e2e_ms_per_image for r in rows], dtype="Float64")
@@ -560,6 +564,10 @@ def _backend_comparison(cells: pd.DataFrame) -> list[str]:
     return _md_table(pd.DataFrame(body, columns=["model", "res", "precision", "device", *labels]))
 
 
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
 def _models_table(df: pd.DataFrame, res_cols: list[str]) -> list[str]:
     """Which preset (and how many input channels) each model ran with at each resolution."""
     pd = _pd()
@@ -576,6 +584,9 @@ def _models_table(df: pd.DataFrame, res_cols: list[str]) -> list[str]:
             preset = r["preset"] or "?"
             extra = f", {r['overrides']}" if r["overrides"] else ""
             nc = "" if _missing(r["input_nc"]) else f"; {int(r['input_nc'])} input channels"
+            sizes = {k: b for k, b in zip(at["input"], at["input_bytes"]) if not _missing(b)}
+            if sizes:  # the host input per image each input kind copies in (labels: ~input_nc x 4 / 8 smaller)
+                nc += "; input " + ", ".join(f"{_fmt_bytes(int(b))} ({k})" for k, b in sizes.items())
             row.append(f"{preset}{extra}{nc}")
         body.append(row)
     return _md_table(pd.DataFrame(body, columns=["model", *res_cols]))

@@ -126,6 +126,7 @@ class UnetGenerator(Generator):
         return m, m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
+        x = self.model_input(x)  # label-map input: encoded here (--input labels)
         if x.dim() != 4 or x.shape[1] != self.input_nc:
             raise UserError(
                 f"pix2pix U-Net expects an image [N, {self.input_nc}, H, W] in [-1, 1], got {list(x.shape)}; "

@@ -135,6 +135,7 @@ class Pix2PixHDGlobal(Generator):
         return m, m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
+        x = self.model_input(x)  # label-map input: encoded here (--input labels)
         _check_labels_input(self, x, "pix2pixHD (global)")
         return self.model(x)
 
@@ -207,6 +208,7 @@ class Pix2PixHDLocal(Generator):
         return F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
+        x = self.model_input(x)  # label-map input: encoded here (--input labels)
         _check_labels_input(self, x, "pix2pixHD (local)")
         pyramid = [x]
         for _ in range(self.n_local_enhancers):

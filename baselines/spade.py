@@ -170,6 +170,7 @@ class SPADEGenerator(Generator):
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
+        x = self.model_input(x)  # label-map input: encoded here (--input labels)
         if x.dim() != 4 or x.shape[1] != self.input_nc:
             raise UserError(
                 f"SPADE expects an input [N, {self.input_nc}, H, W] (one-hot of {self.label_nc} labels"

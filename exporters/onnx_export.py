@@ -1,8 +1,9 @@
 """Export a generator to ONNX (fp32 or fp16 with fp32 I/O), parity-gated, with a JSON sidecar.
 
 ``export_onnx(model, H, W, out_dir, precision=...)`` writes
-``<model>-<preset>-<H>x<W>-<precision>[-dyn].onnx`` and ``<same stem>.json`` through torch's
-current exporter (``torch.onnx.export(..., dynamo=True)``): input ``label`` ``[N, C, H, W]``,
+``<model>-<preset>-<H>x<W>-<precision>[-labels][-dyn].onnx`` and ``<same stem>.json`` through torch's
+current exporter (``torch.onnx.export(..., dynamo=True)``): input ``label`` ``[N, C, H, W]`` (float32
+one-hot; with ``--input labels`` the int32 label map ``[N, 1|2, H, W]``, encoded inside the graph),
 output ``image`` ``[N, 3, H, W]``. The graph is checked with ``onnx.checker`` and compared with
 the PyTorch fp32 model in onnxruntime (:mod:`exporters.validate`) before it is renamed to its final
 name; a failed gate leaves no ONNX under the final name and writes the numbers to
@@ -92,8 +93,10 @@ def model_label(model) -> str:
 
 
 def onnx_stem(model, height: int, width: int, precision: str, dynamic: bool = False, batch: int = 1) -> str:
-    """File stem ``<model>-<preset>-<H>x<W>-<precision>[-b<N>][-dyn]``."""
+    """File stem ``<model>-<preset>-<H>x<W>-<precision>[-labels][-b<N>][-dyn]`` (``-labels``: the label-map input)."""
     stem = f"{model_label(model)}-{height}x{width}-{precision}"
+    if getattr(model, "input_mode", "onehot") != "onehot":
+        stem += f"-{model.input_mode}"
     if batch != 1:
         stem += f"-b{batch}"
     if dynamic:
@@ -507,6 +510,7 @@ def _sidecar(job: _Job, opset: int, io_sig: dict, digest: str, size: int, timing
         "batch": job.batch,
         "precision": job.precision,
         "io_dtype": "float32",
+        "input_kind": getattr(job.model, "input_mode", "onehot"),  # onehot | labels (graph_variant in the key too)
         "dynamic": job.dynamic,
         "dynamic_ranges": key["dynamic_ranges"],
         "opset": opset,

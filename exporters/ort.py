@@ -27,6 +27,11 @@ PROVIDERS = {
 }
 
 
+#: onnxruntime input type -> numpy dtype (inputs of our exports: float, or the int label map)
+_ORT_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+                    "tensor(int64)": np.int64}
+
+
 class ProviderUnavailable(UserError):
     """The requested onnxruntime execution provider cannot be used on this machine."""
 
@@ -125,6 +130,8 @@ class OrtRunner:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self._input_meta = self.session.get_inputs()[0]
+        #: numpy dtype the graph's input takes: float32, or int32/int64 for a label-map input (--input labels)
+        self.input_dtype = _ORT_INPUT_TYPES.get(self._input_meta.type, np.float32)
         self._output_meta = self.session.get_outputs()[0]
         self._binding = None
         self._x_host: np.ndarray | None = None
@@ -137,7 +144,7 @@ class OrtRunner:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Host array in, host array out (copies included)."""
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})[0]
 
     def _output_shape(self, in_shape: tuple[int, ...]) -> list[int]:
         """Concrete output shape: static dims as declared, symbolic dims from the input's same axis."""
@@ -161,15 +168,15 @@ class OrtRunner:
         """
         if not self.on_gpu:
             arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-            self._x_host = np.ascontiguousarray(arr, dtype=np.float32)
+            self._x_host = np.ascontiguousarray(arr, dtype=self.input_dtype)
             return
         import torch
 
         dev = torch.device("cuda", self.device_id)
-        x = x.to(device=dev, dtype=torch.float32).contiguous()
+        x = x.to(device=dev, dtype=getattr(torch, np.dtype(self.input_dtype).name)).contiguous()
         out = torch.empty(self._output_shape(tuple(x.shape)), dtype=torch.float32, device=dev)
         io = self.session.io_binding()
-        io.bind_input(self.input_name, "cuda", self.device_id, np.float32, list(x.shape), x.data_ptr())
+        io.bind_input(self.input_name, "cuda", self.device_id, self.input_dtype, list(x.shape), x.data_ptr())
         io.bind_output(self.output_name, "cuda", self.device_id, np.float32, list(out.shape), out.data_ptr())
         self._x_dev, self.output, self._binding = x, out, io
 

@@ -32,8 +32,11 @@ def export_for(cell: Cell):
     )
 
 
-def input_dtype(sidecar: dict | None) -> torch.dtype:
-    """The dtype the exported graph takes (fp32 for our exports, which keep fp32 inputs)."""
+def input_dtype(sidecar: dict | None, x: torch.Tensor | None = None) -> torch.dtype:
+    """The dtype the exported graph takes (fp32 for our exports, which keep fp32 inputs; an integer
+    input ``x``, the label map of ``--input labels``, keeps its own dtype)."""
+    if x is not None and not x.is_floating_point():
+        return x.dtype
     for key in ("input_dtype", "io_dtype"):
         v = (sidecar or {}).get(key)
         if isinstance(v, str) and "16" in v:
@@ -83,7 +86,7 @@ class OnnxRuntimeRunner(Runner):
         providers = list(self.session.providers or [])
         if not providers or providers[0] != ep:
             raise Unsupported(f"onnxruntime asked for {ep} but runs on {providers or 'nothing'}; not timed")
-        dtype = input_dtype(self.exported.sidecar)
+        dtype = input_dtype(self.exported.sidecar, cell.x)
         self.session.bind(cell.x.to(dtype=dtype) if cell.device == "cpu" else cell.x.to(device="cuda", dtype=dtype))
         if cell.device == "cuda" and cell.cuda_graph:
             self.note = "CUDA graph (onnxruntime enable_cuda_graph)"

@@ -44,7 +44,7 @@ class TorchRunner(Runner):
         self.dev = torch.device(cell.device)
         self.dtype = TORCH_DTYPES[cell.precision]
         self.model = copy.deepcopy(cell.model).to(device=self.dev, dtype=self.dtype).eval()
-        self.x_dev = cell.x.to(device=self.dev, dtype=self.dtype)
+        self.x_dev = self._to_device(cell.x)
         self.fwd: Callable[[torch.Tensor], torch.Tensor] = self.model
         self.state: dict[str, Any] = {}
         self.graph = None
@@ -80,6 +80,10 @@ class TorchRunner(Runner):
         self.note = "; ".join(n for n in (self.note, how, gate) if n)
         return rec
 
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """The input on the cell's device: float inputs in the cell's dtype, the integer label map as it is."""
+        return x.to(device=self.dev, dtype=self.dtype if x.is_floating_point() else x.dtype)
+
     def _capture(self) -> None:
         """Capture one forward as a CUDA graph after 3 eager runs on a side stream."""
         self.static_x = self.x_dev.clone()
@@ -102,7 +106,7 @@ class TorchRunner(Runner):
             self.state["out"] = self.fwd(self.x_dev)
 
     def run_e2e(self) -> object:
-        x = self.cell.x.to(device=self.dev, dtype=self.dtype)
+        x = self._to_device(self.cell.x)
         if self.graph is not None:
             self.static_x.copy_(x)
             self.graph.replay()

@@ -43,7 +43,8 @@ class TensorRTRunner(Runner):
 
         cell = self.cell
         self.trt = TrtRunner(self.engine.engine_path, flavour=self.cell.trt)
-        self.trt.bind(cell.x.to(device="cuda", dtype=torch.float32))
+        # the engine's own input dtype is applied by bind: float32, or int32 for the label map (--input labels)
+        self.trt.bind(cell.x.to(device="cuda", dtype=torch.float32 if cell.x.is_floating_point() else cell.x.dtype))
         self.note = self.trt.note
         self.graph = None
         if cell.cuda_graph:

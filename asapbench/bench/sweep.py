@@ -59,6 +59,7 @@ class SweepConfig:
     seed: int = 0
     export_check: bool = True
     trt: str = "auto"  # TensorRT flavour for the tensorrt backend: auto, tensorrt or rtx
+    input: str = "onehot"  # what the models take: onehot (official float tensor) or labels (int32 label map)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ def _new_row(plan: ModelPlan, backend: str, precision: str, cfg: SweepConfig, th
     row = BenchRow(model=plan.name, preset=plan.preset, overrides=_fmt_overrides(plan.overrides),
                    checkpoint=plan.checkpoint, backend=backend, precision=precision, device=cfg.device,
                    cuda_graph=cfg.cuda_graph, height=plan.height, width=plan.width, batch=cfg.batch, threads=threads,
-                   input_nc=plan.input_nc, **env_cols)
+                   input_nc=plan.input_nc, input=cfg.input, **env_cols)
     if plan.cost is not None:
         row.params, row.macs = int(plan.cost["params"]), int(plan.cost["macs"])
         row.gmacs = row.macs / 1e9
@@ -399,7 +400,10 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
                         model, model_key = None, None
                         phase(f"{label}: building")
                         model, model_key = build_model(plan, ckpts, cfg.seed), plan.key
-                    cell = B.Cell(model=model, x=example_input(model, cfg.batch, plan.height, plan.width, seed=cfg.seed),
+                    model.set_input_mode(cfg.input)  # after the weights were made realistic (one-hot input)
+                    x = example_input(model, cfg.batch, plan.height, plan.width, seed=cfg.seed)
+                    row.input_bytes = x.element_size() * x[0].numel()
+                    cell = B.Cell(model=model, x=x,
                                   height=plan.height, width=plan.width, batch=cfg.batch, backend=backend,
                                   precision=precision, device=cfg.device, cuda_graph=cfg.cuda_graph, threads=threads,
                                   cache_dir=cfg.cache_dir, seed=cfg.seed, export_check=cfg.export_check, trt=cfg.trt,

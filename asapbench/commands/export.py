@@ -35,6 +35,27 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class InputKind(str, Enum):
+    onehot = "onehot"
+    labels = "labels"
+
+
+#: help text of --input (export, run and profile)
+INPUT_HELP = ("onehot: the official float one-hot (+ instance edge) tensor; labels: the int32 label map "
+              "[N, 1, H, W] (+ instance ids as channel 2 where the model uses edges), encoded inside the graph. "
+              "Same outputs; see docs/export.md.")
+
+
+def input_kind(value: Any) -> str:
+    """The --input value as a string, checked (UserError names the choices)."""
+    from asapbench.models.base import INPUT_MODES
+
+    v = value.value if isinstance(value, Enum) else str(value)
+    if v not in INPUT_MODES:
+        raise UserError(f"unknown --input {v!r}; choose one of: {', '.join(INPUT_MODES)}")
+    return v
+
+
 def _build_models(
     model: str,
     preset: str | None,
@@ -120,12 +141,13 @@ def export_models(
     parity_labels: str | Path | None = None,
     trt: str = "auto",
     target_sm: str | Sequence[int] | None = None,
+    input: str = "onehot",
 ) -> list[dict[str, Any]]:
     """Export ``model`` at every resolution in ``res``; returns one record per ONNX file / engine.
 
     ``engine``: ``onnx`` (ONNX only), ``trt`` (ONNX + TensorRT engines; UserError when no TensorRT flavour
     can build here) or ``all`` (ONNX, and engines where a TensorRT flavour can build: otherwise says why
-    they were skipped). ``trt``: ``auto``, ``tensorrt`` (enterprise; builds on this GPU) or ``rtx``
+    they were skipped). ``input``: ``onehot`` (default) or ``labels`` (the graph takes the int32 label map). ``trt``: ``auto``, ``tensorrt`` (enterprise; builds on this GPU) or ``rtx``
     (TensorRT for RTX; builds without a GPU for ``target_sm``, default 86,89,120).
     """
     from asapbench.fsutil import ensure_writable_dir
@@ -141,6 +163,7 @@ def export_models(
         raise UserError(f"--batch must be >= 1, got {batch}")
     if workspace_gb <= 0:
         raise UserError(f"--workspace-gb must be positive, got {workspace_gb}")
+    kind = input_kind(input)
     resolutions = parse_resolutions(res)
     want_trt = engine in ("trt", "all")
     trt = trt.value if isinstance(trt, Enum) else str(trt)
@@ -169,6 +192,7 @@ def export_models(
     models = _build_models(model, preset, checkpoint, resolutions, seed, dynamic)
     records: list[dict[str, Any]] = []
     for g, rs in models:
+        g.set_input_mode(kind)  # after the weights were made realistic (on the one-hot input)
         for h, w in (rs[:1] if dynamic else rs):
             r = export_onnx(g, h, w, out_dir, precision=precision, dynamic=dynamic, batch=batch, opset=opset,
                             check=check, checkpoint=checkpoint, seed=seed, reuse=reuse, progress=progress,
@@ -179,7 +203,7 @@ def export_models(
             if want_trt and trt_ok:
                 from exporters.trt import build_engine, dynamic_profile
 
-                shapes = {r.sidecar["input"]["name"]: dynamic_profile(g.input_nc, rs, batch)} if dynamic else None
+                shapes = {r.sidecar["input"]["name"]: dynamic_profile(g.label_input_nc if kind == "labels" else g.input_nc, rs, batch)} if dynamic else None
                 e = build_engine(r.onnx_path, out_dir, workspace_gb=workspace_gb, dynamic_shapes=shapes,
                                  reuse=reuse, progress=progress, flavour=flavour, targets=trt_targets)
                 erec = _engine_record(e, rec)
@@ -203,6 +227,7 @@ def _onnx_record(r, resolution: str, precision: str, dynamic: bool) -> dict[str,
         "preset": s["preset"],
         "resolution": resolution,
         "precision": precision,
+        "input": s.get("input_kind", "onehot"),
         "dynamic": dynamic,
         "reused": r.reused,
         "mb": round(s["onnx_bytes"] / 2**20, 2),
@@ -220,7 +245,7 @@ def _engine_record(e, onnx_rec: dict[str, Any]) -> dict[str, Any]:
         "kind": "trt",
         "path": str(e.engine_path),
         "sidecar": str(e.sidecar_path),
-        **{k: onnx_rec[k] for k in ("model", "preset", "resolution", "precision", "dynamic")},
+        **{k: onnx_rec[k] for k in ("model", "preset", "resolution", "precision", "input", "dynamic")},
         "reused": e.reused,
         "mb": round(e.sidecar["engine_bytes"] / 2**20, 2),
         "build_s": e.sidecar["build_seconds"],
@@ -266,6 +291,7 @@ def register(app) -> None:
         opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 20).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Re-export and rebuild even when a matching file exists.")] = False,
         parity_labels: Annotated[Optional[Path], typer.Option("--parity-labels", help="Folder of label-map PNGs (e.g. Cityscapes *_labelIds.png) to gate parity on, besides the built-in synthetic label maps.")] = None,
+        input: Annotated[InputKind, typer.Option("--input", help=INPUT_HELP)] = InputKind.onehot,
     ) -> None:
         """Export a generator to ONNX (fp32/fp16) and TensorRT, checking parity with PyTorch."""
         from rich.console import Console
@@ -285,5 +311,6 @@ def register(app) -> None:
                 model, res, engine=engine, precision=precision, preset=preset, checkpoint=checkpoint,
                 dynamic=dynamic, out=out, check=check, seed=seed, workspace_gb=workspace_gb, batch=batch,
                 opset=opset, reuse=not force, log=log, parity_labels=parity_labels, trt=trt, target_sm=target_sm,
+                input=input,
                 progress=lambda s: bar.update(task, description=s),
             )

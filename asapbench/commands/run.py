@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from asapbench.commands.export import INPUT_HELP, InputKind
 from asapbench.errors import UserError
 
 DEFAULT_MODELS = ("asapnet", "pix2pixhd", "spade")
@@ -109,6 +110,7 @@ def build_config(
     seed: int = 0,
     export_check: bool = True,
     trt: str = "auto",
+    input: str = "onehot",
 ):
     """Validate command-line values into a SweepConfig (UserError on anything wrong).
 
@@ -154,10 +156,13 @@ def build_config(
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")
     ckpts = _parse_checkpoints(checkpoint, model_names)
+    from asapbench.commands.export import input_kind
+
+    kind = input_kind(input)  # UserError naming the choices
     cfg = SweepConfig(
         models=model_names, resolutions=resolutions, backends=backend_names, precisions=precisions, device=dev,
         batch=batch, budget_s=budget, checkpoints=ckpts, cuda_graph=cuda_graph, threads=threads,
-        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), seed=seed, export_check=export_check, trt=_trt_choice(trt, backend_names), **loop,
+        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), seed=seed, export_check=export_check, trt=_trt_choice(trt, backend_names), input=kind, **loop,
     )
     return cfg
 
@@ -526,6 +531,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed for weights and the synthetic label map.")] = 0,
         export_check: Annotated[bool, typer.Option("--export-check/--no-export-check", help="Compare each new ONNX export with PyTorch before timing it.")] = True,
         trt: Annotated[str, typer.Option("--trt", help="TensorRT flavour for --backends tensorrt: auto (whichever is installed), tensorrt (enterprise) or rtx (TensorRT for RTX).")] = "auto",
+        input: Annotated[InputKind, typer.Option("--input", help=INPUT_HELP)] = InputKind.onehot,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for bench.csv, bench.md, bench.json and latency_vs_megapixels.png.")] = Path(DEFAULT_OUT),
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
     ) -> None:
@@ -534,7 +540,7 @@ def register(app: typer.Typer) -> None:
             out=out, progress=progress, models=models, res=res, backends=backends, precision=precision,
             device=device, batch=batch, warmup=warmup, warmup_seconds=warmup_seconds, iters=iters,
             min_seconds=min_seconds, e2e_iters=e2e_iters, budget=budget, checkpoint=checkpoint, cuda_graph=cuda_graph,
-            threads=threads, cache_dir=cache_dir, seed=seed, export_check=export_check, trt=trt,
+            threads=threads, cache_dir=cache_dir, seed=seed, export_check=export_check, trt=trt, input=input,
         )
         if not any(r.status == "ok" for r in rows):
             raise NoTimes(no_time_summary(rows, out))

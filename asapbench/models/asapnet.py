@@ -230,9 +230,8 @@ class ASAPNetGenerator(Generator):
         self.register_buffer("tent", tent_kernel(self.pre_factor) if self.pre_factor > 1 else torch.zeros(0, device="cpu"), persistent=False)
 
     # geometry -----------------------------------------------------------------------------
-    @property
-    def graph_variant(self) -> str:
-        return f"pixelwise={self.pixelwise_impl}"
+    def graph_variant_parts(self) -> list[str]:
+        return [f"pixelwise={self.pixelwise_impl}"]
 
     def check_input_size(self, height: int, width: int) -> None:
         """H and W must be multiples of the tile size S, with at least two tiles (one tile leaves the
@@ -347,33 +346,42 @@ class ASAPNetGenerator(Generator):
         """
         n, _, height, width = hr_in.shape
         feats, p = self._tile_major_input(hr_in, params)
-        tiles, pix = feats.shape[0], feats.shape[1]
+        return self._eager_layers(feats, p, n, height, width)
+
+    def _eager_layers(self, feats: torch.Tensor | None, p: torch.Tensor, n: int, height: int, width: int,
+                      first=None) -> torch.Tensor:
+        """The chunk loop of :meth:`pixelwise_fast_eager` on tile-major ``feats`` and ``p [T, C_total]``;
+        ``first(t0, kk, q, out)``, when given, writes the first layer's pre-activation of tiles
+        ``t0 : t0 + kk`` into ``out`` instead (``feats`` is then unused: the label-map input)."""
+        s = self.scale
+        tiles, pix = p.shape[0], s * s
         chans = self.mlp_channels
         n_layers = len(chans) - 1
         k = max(1, min(tiles, CHUNK_PIXELS // pix))
         hid = max(chans[1:-1], default=chans[0])
-        bufs = [hr_in.new_empty(k, pix, 1 + hid) for _ in range(2)]
+        bufs = [p.new_empty(k, pix, 1 + hid) for _ in range(2)]
         for b in bufs:
             b[..., 0].fill_(1.0)
-        out = hr_in.new_empty(tiles, pix, chans[-1])
+        out = p.new_empty(tiles, pix, chans[-1])
         for t0 in range(0, tiles, k):
             kk = min(k, tiles - t0)
-            x = feats[t0 : t0 + kk]
+            x = feats[t0 : t0 + kk] if feats is not None else None
             q = p[t0 : t0 + kk]
             off = 0
             for i, (ci, co) in enumerate(itertools.pairwise(chans)):
                 wb = q[:, off : off + (ci + 1) * co].view(kk, ci + 1, co)  # [bias; W], bias first
                 off += (ci + 1) * co
-                if i == n_layers - 1:
-                    y = out[t0 : t0 + kk]
+                last = i == n_layers - 1
+                y = out[t0 : t0 + kk] if last else bufs[i % 2][:kk][..., 1 : 1 + co]
+                if i == 0 and first is not None:
+                    first(t0, kk, q, y)
+                else:
                     torch.bmm(x, wb, out=y)
+                if last:
                     y.tanh_()
                 else:
-                    buf = bufs[i % 2][:kk]
-                    y = buf[..., 1 : 1 + co]
-                    torch.bmm(x, wb, out=y)
                     F.leaky_relu_(y, 0.01)
-                    x = buf[..., : 1 + co]
+                    x = bufs[i % 2][:kk][..., : 1 + co]
         return self._untile(out, n, height, width)
 
     def pixelwise_fast_graph(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -391,20 +399,98 @@ class ASAPNetGenerator(Generator):
         x = hr_in.reshape(n, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1).reshape(t, s * s, c)
         x = torch.cat([ones, x, pe.unsqueeze(0).expand(t, s * s, self.pe_channels)], dim=-1)
         p = params.permute(0, 2, 3, 1).reshape(t, params.shape[1])
+        return self._untile(self._graph_layers(x, p), n, height, width)
+
+    def _graph_layers(self, x: torch.Tensor, p: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Layers ``first ..`` of the graph formulation on ``x [T, S*S, c]`` (``[1, ...]`` for layer 0)."""
+        t = p.shape[0]
         chans = self.mlp_channels
         n_layers = len(chans) - 1
         off = 0
         for i, (ci, co) in enumerate(itertools.pairwise(chans)):
-            if i == 0:
+            if i < first:
+                pass
+            elif i == 0:
                 x = torch.bmm(x, p[:, : (ci + 1) * co].reshape(t, ci + 1, co))
             else:
                 bias = p[:, off : off + co].unsqueeze(1)
                 x = torch.baddbmm(bias, x, p[:, off + co : off + (ci + 1) * co].reshape(t, ci, co))
+            if i >= first:
+                x = torch.tanh(x) if i == n_layers - 1 else F.leaky_relu(x, 0.01)
             off += (ci + 1) * co
-            x = torch.tanh(x) if i == n_layers - 1 else F.leaky_relu(x, 0.01)
-        return self._untile(x, n, height, width)
+        return x
+
+    # label-map input: the first layer as a row lookup --------------------------------------
+    def _label_layout(self) -> tuple[int, int, int]:
+        """(c_in, c_out, hr_labels) of the first pixelwise layer: its input is ``[1, labels (+ edge), PE]``;
+        ``hr_labels`` counts the label-and-edge channels before the encoding."""
+        ci, co = self.mlp_channels[0], self.mlp_channels[1]
+        return ci, co, ci - self.pe_channels
+
+    def _tile_labels(self, lab: torch.Tensor) -> torch.Tensor:
+        """``[N, 1, H, W]`` -> tile-major ``[T, S*S]`` (pixel (a, b) of a tile at a*S + b)."""
+        n, _, height, width = lab.shape
+        s = self.scale
+        h, w = height // s, width // s
+        return lab.reshape(n, h, s, w, s).permute(0, 1, 3, 2, 4).reshape(n * h * w, s * s)
+
+    def _first_layer_lookup(self, wb: torch.Tensor, lab_t: torch.Tensor, edge_t: torch.Tensor | None,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
+        """First layer (before its activation) of tiles ``wb [T, c_in + 1, c_out]`` (``[bias; W]``) on pixels
+        with label ids ``lab_t [T, S*S]``: ``bias + W[1 + label] (+ edge W[edge]) + PE @ W[PE]``.
+
+        The one-hot product ``[1, onehot, PE] @ [bias; W]`` picks exactly one label row per pixel, so
+        this is that product without the zero terms: a row gather instead of ``label_nc`` multiply-adds.
+        """
+        t, pix = lab_t.shape
+        _, co, hr = self._label_layout()
+        n_lab = self.label_classes
+        pe = self.pos_table.to(device=wb.device, dtype=wb.dtype)
+        if out is None:  # graph: MatMul (PE) + Add (bias) + Gather (label rows) [+ Mul/Add (edge)]
+            y = torch.matmul(pe, wb[:, 1 + hr :]) + wb[:, :1]
+            flat = wb.reshape(t * wb.shape[1], co)
+            base = (torch.arange(t, device=lab_t.device, dtype=lab_t.dtype) * wb.shape[1] + 1).view(t, 1)
+            y = y + F.embedding(lab_t + base, flat)
+        else:  # eager chunk: written into ``out`` (a strided view of a ping-pong buffer)
+            torch.bmm(pe.expand(t, pix, self.pe_channels), wb[:, 1 + hr :], out=out)
+            out += wb[:, :1]
+            tiles = torch.arange(t, device=lab_t.device).view(t, 1)
+            out += wb[tiles, lab_t + 1]
+            y = out
+        if hr > n_lab:  # the edge channel feeds the pixelwise stream too (lr_instance=False)
+            y = y.add_(edge_t * wb[:, 1 + n_lab : 2 + n_lab]) if out is not None else y + edge_t * wb[:, 1 + n_lab : 2 + n_lab]
+        return y
+
+    def pixelwise_labels(self, x: torch.Tensor, onehot: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The pixelwise stream of the label-map input ``x [N, 1|2, H, W]``: the fast formulation with its
+        first layer as a row lookup (:meth:`_first_layer_lookup`); the reference formulation and meta
+        tensors run on the in-graph one-hot ``onehot`` instead (as the one-hot model does)."""
+        hr_in = onehot[:, :-1] if self.lr_instance else onehot
+        if self.pixelwise_impl == "reference" or x.is_meta:
+            return self.pixelwise_reference(hr_in, params)
+        n, _, height, width = x.shape
+        _, co, hr = self._label_layout()
+        lab_t = self._tile_labels(x[:, :1])
+        edge_t = self._tile_labels(hr_in[:, -1:]).unsqueeze(-1) if hr > self.label_classes else None
+        t = lab_t.shape[0]
+        p = params.permute(0, 2, 3, 1).reshape(t, params.shape[1])
+        if _graph_mode(x) or (torch.is_grad_enabled() and params.requires_grad):
+            wb = p[:, : (hr + self.pe_channels + 1) * co].reshape(t, -1, co)
+            y = F.leaky_relu(self._first_layer_lookup(wb, lab_t, edge_t), 0.01)
+            return self._untile(self._graph_layers(y, p, first=1), n, height, width)
+
+        def first(t0: int, kk: int, q: torch.Tensor, out: torch.Tensor) -> None:
+            wb = q[:, : (hr + self.pe_channels + 1) * co].view(kk, -1, co)
+            e = edge_t[t0 : t0 + kk] if edge_t is not None else None
+            self._first_layer_lookup(wb, lab_t[t0 : t0 + kk], e, out=out)
+
+        return self._eager_layers(None, p, n, height, width, first=first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
+        if self.input_mode == "labels":  # integer label map: one-hot for the low-res stream, lookup for the first layer
+            self.check_label_input(x)
+            onehot = self.encode_label_input(x)
+            return self.pixelwise_labels(x, onehot, self.lowres(onehot))
         if x.dim() != 4 or x.shape[1] != self.input_nc:
             raise UserError(f"ASAP-Net expects input [N, {self.input_nc}, H, W], got {list(x.shape)}")
         self.check_input_size(int(x.shape[2]), int(x.shape[3]))
