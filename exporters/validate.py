@@ -302,6 +302,8 @@ def check_parity(
         t_ort = time.perf_counter() - t - t_torch
         rec = {"input": desc, "shape": list(x.shape), **compare(ref, got), "drift": None,
                "seconds": {"torch": round(t_torch, 3), "onnxruntime": round(t_ort, 3)}}
+        if lean:  # what the node-by-node run held at most (values only; weights and runtime not counted)
+            rec["onnxruntime_peak_live_mib"] = round(gate_sess.peak_live_bytes / 2**20, 1)
         if precision == "fp32" and rec["max_abs_err"] is not None and rec["max_abs_err"] > PARITY_CRITERIA["fp32"]["max_abs_err"]:
             say(f"parity: float64 reference ({desc.split(' (')[0]})")
             t = time.perf_counter()

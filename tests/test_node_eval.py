@@ -121,6 +121,7 @@ def test_gate_above_the_large_size_runs_node_by_node_and_still_catches_a_fault(t
     par = validate.check_parity(path, g, inputs, "fp32")
     assert par["passed"], par["failures"]
     assert "node by node" in par["runtime"]
+    assert par["samples"][0]["onnxruntime_peak_live_mib"] > 0
     # the same graph with its output negated must fail the lean gate
     m = onnx.load(str(path))
     out = m.graph.output[0].name
