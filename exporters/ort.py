@@ -101,6 +101,12 @@ class OrtRunner:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = int(threads)
+        if provider == "cpu":
+            # onnxruntime's memory pattern plans a second, whole-graph block after the first run while the
+            # arena keeps the first run's buffers: SPADE at 1024x1024 peaks at 9.1 GB with it and 4.9 GB
+            # without, at the same speed within noise (ASAP-Net 256x512: 569 vs 551 ms, min of 10
+            # alternating runs); with it SPADE at 2048x2048 would need ~36 GB (docs/timing.md, "Memory")
+            opts.enable_mem_pattern = False
         cuda_opts: dict[str, Any] = {"device_id": device_id}
         if cuda_graph:
             cuda_opts["enable_cuda_graph"] = "1"
