@@ -12,12 +12,10 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import helper, numpy_helper  # noqa: E402
 
-from asapbench.registry import build_for_resolution  # noqa: E402
-from asapbench.weights import spread_for_resolution  # noqa: E402
 from exporters import validate  # noqa: E402
 from exporters.fp16 import activation_ranges  # noqa: E402
 from exporters.node_eval import NodeByNodeSession  # noqa: E402
-from exporters.onnx_export import INPUT_NAME, export_onnx  # noqa: E402
+from exporters.onnx_export import INPUT_NAME  # noqa: E402
 
 
 def _chain(n: int = 6, hw: int = 32):
@@ -96,17 +94,8 @@ def test_activation_ranges_equal_every_intermediate_max():
     assert ranges["x"] == pytest.approx(float(np.abs(x).max()))
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    g = build_for_resolution("asapnet-tiny", 64, 128, seed=0)
-    g.prepare_for_inference()
-    spread_for_resolution(g, 64, 128, seed=0)
-    r = export_onnx(g, 64, 128, tmp_path_factory.mktemp("nbn"), "fp32", check=False)
-    return g, r.onnx_path
-
-
-def test_generator_node_by_node_matches_the_whole_session(tiny):
-    g, path = tiny
+def test_generator_node_by_node_matches_the_whole_session(tiny_asapnet_export):
+    g, path = tiny_asapnet_export
     m = onnx.load(str(path))
     x = validate.parity_inputs(g, 64, 128, count=1)[0][1].numpy()
     got = NodeByNodeSession(m).run(None, {INPUT_NAME: x})[0]
@@ -114,8 +103,8 @@ def test_generator_node_by_node_matches_the_whole_session(tiny):
     assert np.abs(got - ref).max() <= 1e-4
 
 
-def test_gate_above_the_large_size_runs_node_by_node_and_still_catches_a_fault(tiny, tmp_path, monkeypatch):
-    g, path = tiny
+def test_gate_above_the_large_size_runs_node_by_node_and_still_catches_a_fault(tiny_asapnet_export, tmp_path, monkeypatch):
+    g, path = tiny_asapnet_export
     monkeypatch.setattr(validate, "LARGE_INPUT_PIXELS", 32 * 32)
     inputs = validate.parity_inputs(g, 64, 128, count=1)
     par = validate.check_parity(path, g, inputs, "fp32")

@@ -10,31 +10,20 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from asapbench.registry import build_for_resolution  # noqa: E402
-from asapbench.weights import spread_for_resolution  # noqa: E402
 from exporters import validate  # noqa: E402
-from exporters.onnx_export import export_onnx  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    g = build_for_resolution("asapnet-tiny", 64, 128, seed=0)
-    g.prepare_for_inference()
-    spread_for_resolution(g, 64, 128, seed=0)
-    r = export_onnx(g, 64, 128, tmp_path_factory.mktemp("gate"), "fp32", check=False)
-    return g, r.onnx_path
-
-
-def test_within_1e4_of_torch_needs_no_float64_forward(tiny_export):
-    g, path = tiny_export
+def test_within_1e4_of_torch_needs_no_float64_forward(tiny_asapnet_export):
+    g, path = tiny_asapnet_export
     par = validate.check_parity(path, g, validate.parity_inputs(g, 64, 128), "fp32")
     assert par["passed"] and par["max_abs_err"] <= 1e-4
     assert par["drift"] is None and all(s["drift"] is None for s in par["samples"])
 
 
-def test_past_the_shortcut_the_float64_drift_decides(tiny_export, monkeypatch):
+def test_past_the_shortcut_the_float64_drift_decides(tiny_asapnet_export, monkeypatch):
     """With the shortcut made impossible, the real export is judged against float64: it is about as
     accurate as PyTorch fp32, so it passes, and both numbers are recorded."""
-    g, path = tiny_export
+    g, path = tiny_asapnet_export
     monkeypatch.setitem(validate.PARITY_CRITERIA, "fp32", {"max_abs_err": 1e-12, "drift_factor": 4.0})
     par = validate.check_parity(path, g, validate.parity_inputs(g, 64, 128), "fp32")
     d = par["drift"]
