@@ -46,7 +46,9 @@ class NodeByNodeSession:
         self._nodes = list(g.node)
         self._inputs = [i.name for i in g.input if i.name not in self._init]
         self._outputs = [o.name for o in g.output]
-        self._out_types = self._output_types(model)
+        from exporters.fp16 import _value_types
+
+        self._out_types = _value_types(model)  # element type of each node output (single-node graphs declare it)
         self._optimize = optimize
         #: largest total of bytes held in values at once during the last run (after each node)
         self.peak_live_bytes = 0
@@ -59,11 +61,6 @@ class NodeByNodeSession:
 
     def get_providers(self) -> list[str]:
         return ["CPUExecutionProvider"]
-
-    def _output_types(self, model) -> dict[str, int]:
-        from exporters.fp16 import _value_types
-
-        return _value_types(model)
 
     def _session(self, node, feed: Mapping[str, np.ndarray]):
         from onnx import helper
