@@ -52,15 +52,14 @@ def _one(model: str, res: str, precision: str, work: Path, keep: Path | None = N
     row = {"model": model, "resolution": res, "precision": precision, "wall_s": round(wall, 1),
            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2), "exit_code": code}
     sidecars = sorted(out.glob("*.json"))
-    if keep is not None and code == 0:  # e.g. a fresh `asapbench run --cache-dir` cache: its onnx/ folder
-        keep.mkdir(parents=True, exist_ok=True)
-        for f in sorted(out.iterdir()):
-            shutil.move(str(f), str(keep / f.name))
-        sidecars = sorted(keep.glob(f"{sidecars[0].name}")) if sidecars else []
     if code != 0 or not sidecars:
         row["status"] = f"FAILED (exit {code}): {tail[0][:200]}"
         return row
     side = json.loads(sidecars[0].read_text())
+    if keep is not None:  # e.g. a fresh `asapbench run --cache-dir` cache: its onnx/ folder
+        keep.mkdir(parents=True, exist_ok=True)
+        for f in sorted(out.iterdir()):
+            shutil.move(str(f), str(keep / f.name))
     par = side.get("parity") or {}
     secs = [s.get("seconds") or {} for s in par.get("samples", [])]
     row.update({
