@@ -51,7 +51,10 @@ class TorchRunner(Runner):
         if cell.backend == "torch-compile":
             mode = "reduce-overhead" if cell.cuda_graph else None
             self.fwd = torch.compile(self.model, mode=mode)
-            self.note = f"torch.compile(mode={mode or 'default'}); compilation happens during warm-up"
+            # a gated precision's first forward is the gate's, so compilation happens there
+            when = (f"in the {cell.precision} gate's forward, before warm-up" if cell.precision in GATED
+                    else "during warm-up")
+            self.note = f"torch.compile(mode={mode or 'default'}); compilation happens {when}"
         elif cell.cuda_graph:
             self._capture()
         self.provider = cell.device
@@ -75,7 +78,6 @@ class TorchRunner(Runner):
             raise GateFailed(f"{prec} parity gate failed against fp32 torch on the same input: {'; '.join(rec['failures'])} "
                              f"({nums}); not timed; use --precision fp32 for this model")
         how = f"{prec}: model and input cast to {str(self.dtype).removeprefix('torch.')} (not autocast)"
-        self.note = self.note.replace("during warm-up", f"in the {prec} gate's forward, before warm-up")
         gate = f"gate vs fp32 torch passed: {nums}" + ("; reference output degenerate" if rec["degenerate"] else "")
         self.note = "; ".join(n for n in (self.note, how, gate) if n)
         return rec
