@@ -93,6 +93,25 @@ def test_other_baselines_split_into_their_stages(model):
     assert sum(macs.values()) == count_macs(m, h, w)["macs"] and all(v > 0 for k, v in macs.items() if k != "input pyramid")
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("model", ["asapnet-tiny", "pix2pixhd-tiny"])
+def test_profile_label_map_input(model, backend):
+    """--input labels: the encoding is a stage of its own (in onnxruntime too: the in-graph one-hot nodes are
+    not left in "(other)"), the MACs equal the one-hot model's, and the staged output is the model's."""
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    r = run_profile(model, RES[model], backend=backend, threads=1, iters=2, gemm_size=128, input="labels")
+    want = STAGES[model] if model == "asapnet-tiny" else ["input encoding", *STAGES[model]]
+    names = [s["stage"] for s in r["stages"]]
+    assert names[: len(want)] == want and set(names) - set(want) <= {OVERHEAD}
+    assert r["input"] == "labels" and r["stage_output_max_abs_vs_model"] < 1e-4
+    h, w = (int(v) for v in RES[model].split("x"))
+    assert r["whole_macs"] == count_macs(stage_plan_model(model, h, w), h, w)["macs"]
+    enc = next(s for s in r["stages"] if s["stage"] == "input encoding")
+    assert enc["ms"] > 0
+
+
 def test_cli_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "sub" / "p.json"
     r = asapbench("profile", "--model", "asapnet-tiny", "--res", "32x64", "--backend", "torch", "--threads", "1",
@@ -116,6 +135,9 @@ def test_cli_prints_a_table_and_writes_json(tmp_path):
         (["--model", "asapnet-tiny", "--res", "30x64"], ["multiple of 8"]),
         (["--model", "asapnet-tiny", "--res", "32x64", "--iters", "0"], ["--iters"]),
         (["--model", "asapnet-tiny", "--res", "32x64", "--preset", "nope"], ["nope"]),
+        (["--model", "asapnet-tiny", "--res", "32x64", "--input", "png"], ["png", "labels"]),
+        (["--model", "asapnet-tiny", "--res", "32x64", "--cast", "half"], ["half", "mixed"]),
+        (["--model", "asapnet-tiny", "--res", "32x64", "--cast", "mixed"], ["--cast mixed", "bf16"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, words):

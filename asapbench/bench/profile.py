@@ -18,10 +18,13 @@ the JSON also has each one's minimum (``min_ms``), the better estimate on a busy
   nodes ORT inserts (layout reorders) count with the next kernel's stage; the whole-model time is
   ORT's own ``model_run`` event, and the time between kernels is reported as ``(runtime overhead)``.
 
-``--precision bf16`` (torch only, on a CPU with AVX-512 BF16 or AMX): the model and input cast to
-``torch.bfloat16`` as ``asapbench run`` times them, the GEMM rate measured in bf16, and the bf16 output
-compared with the fp32 model's (``bf16_vs_fp32``: PSNR, max |error|, NaN/Inf, and whether it meets the
-gate ``run`` applies; a profile is reported either way).
+``--precision bf16`` (torch only, on a CPU with AVX-512 BF16 or AMX): the model in bf16 as ``asapbench run``
+times it (``--cast auto``: the whole model and its input cast to ``torch.bfloat16``, or, when that fails the
+gate and the model has one, its mixed variant: ASAP-Net's pixelwise stream in bf16, low-res stream in fp32;
+``--cast whole|mixed`` picks one), the GEMM rate measured in bf16 (and in fp32 for stages that compute in
+fp32, read off their outputs' dtype), and the output compared with the fp32 model's (``bf16_vs_fp32``: PSNR,
+max |error|, NaN/Inf, whether it meets the gate ``run`` applies, which form was profiled and every form
+judged; a profile is reported either way).
 
 onnx and onnxruntime are imported inside the functions that need them only.
 """
@@ -78,6 +81,9 @@ class StagePlan:
 def _asapnet_plan(m) -> StagePlan:
     from asapbench.models.asapnet import tent_downsample
 
+    if m.input_mode == "labels":
+        return _asapnet_labels_plan(m)
+
     def encode(x):
         lr_in = x if m.pre_factor == 1 else tent_downsample(x, m.pre_factor, m.tent)
         return lr_in, (x[:, :-1] if m.lr_instance else x)
@@ -95,6 +101,39 @@ def _asapnet_plan(m) -> StagePlan:
         scopes={"lowres_stream": "low-res stream"},
         calls=[("self.lowres(", "input encoding"), ("hr_in =", "input encoding"), ("self.pixelwise(", "pixelwise stream")],
     )
+
+
+def _asapnet_labels_plan(m) -> StagePlan:
+    """ASAP-Net on the label map (``--input labels``): encoding = the in-graph one-hot and edge map (and the
+    tent pre-downsampling); the pixelwise stream includes its first layer's row lookup."""
+    from asapbench.models.asapnet import tent_downsample
+
+    def encode(x):
+        onehot = m.model_input(x)
+        return (onehot if m.pre_factor == 1 else tent_downsample(onehot, m.pre_factor, m.tent)), (x, onehot)
+
+    def lowres(state):
+        lr_in, hr = state
+        return hr, m.lowres_stream(lr_in)
+
+    def pixelwise(state):
+        (x, onehot), params = state
+        return m.pixelwise_labels(x, onehot, params)
+
+    return StagePlan(
+        [("input encoding", encode), ("low-res stream", lowres), ("pixelwise stream", pixelwise)],
+        scopes={"lowres_stream": "low-res stream"},
+        calls=[("self.encode_label_input(", "input encoding"), ("self.lowres(", "input encoding"),
+               ("self.pixelwise_labels(", "pixelwise stream")],
+    )
+
+
+def _with_label_encoding(m, plan: StagePlan) -> StagePlan:
+    """A baseline's plan in ``--input labels`` mode: a first stage that encodes the label map in the graph."""
+    if getattr(m, "input_mode", "onehot") != "labels":
+        return plan
+    return StagePlan([("input encoding", m.model_input), *plan.stages], scopes=plan.scopes,
+                     calls=[("self.model_input(", "input encoding"), *plan.calls])
 
 
 def _seq_range(seq: nn.Sequential, lo: int, hi: int) -> StageFn:
@@ -247,13 +286,13 @@ def stage_plan(model: nn.Module) -> StagePlan:
     except ImportError:  # pragma: no cover
         return StagePlan([("model", model)])
     if isinstance(model, Pix2PixHDGlobal):
-        return _pix2pixhd_global_plan(model)
+        return _with_label_encoding(model, _pix2pixhd_global_plan(model))
     if isinstance(model, Pix2PixHDLocal):
-        return _pix2pixhd_local_plan(model)
+        return _with_label_encoding(model, _pix2pixhd_local_plan(model))
     if isinstance(model, SPADEGenerator):
-        return _spade_plan(model)
+        return _with_label_encoding(model, _spade_plan(model))
     if isinstance(model, UnetGenerator):
-        return _unet_plan(model)
+        return _with_label_encoding(model, _unet_plan(model))
     return StagePlan([("model", model)])
 
 
@@ -267,8 +306,12 @@ def stage_macs(model: nn.Module, height: int, width: int, batch: int = 1) -> dic
     from asapbench.counting import _meta_twin
 
     twin = _meta_twin(model)
+    if getattr(model, "input_mode", "onehot") == "labels":
+        twin.set_input_mode("labels")
+        state: Any = torch.zeros(batch, twin.label_input_nc, height, width, dtype=torch.int32, device="meta")
+    else:
+        state = torch.empty(batch, twin.input_nc, height, width, device="meta")
     plan = stage_plan(twin)
-    state: Any = torch.empty(batch, twin.input_nc, height, width, device="meta")
     out: dict[str, int] = {}
     with torch.no_grad():
         for name, fn in plan.stages:
@@ -301,6 +344,7 @@ def profile_torch(model: nn.Module, x: torch.Tensor, iters: int, warmup: int = 1
     """Median seconds per stage and of the whole ``model(x)``, alternated in every round."""
     plan = stage_plan(model)
     per: dict[str, list[float]] = {n: [] for n in plan.names}
+    dtypes: dict[str, str | None] = {}
     whole: list[float] = []
     with torch.inference_mode():
         ref = model(x)
@@ -312,6 +356,7 @@ def profile_torch(model: nn.Module, x: torch.Tensor, iters: int, warmup: int = 1
                 dt = time.perf_counter() - t0
                 if i >= warmup:
                     per[name].append(dt)
+                dtypes[name] = _float_dtype_of(state)
             t0 = time.perf_counter()
             model(x)
             if i >= warmup:
@@ -324,7 +369,17 @@ def profile_torch(model: nn.Module, x: torch.Tensor, iters: int, warmup: int = 1
         "whole_min_s": min(whole),
         "stage_output_max_abs_vs_model": check,
         "rounds": iters,
+        "stage_dtypes": dtypes,
     }
+
+
+def _float_dtype_of(state: Any) -> str | None:
+    """The precision a stage computed in, read off its output: the last floating tensor in it (ASAP-Net's
+    low-res stage returns ``(labels, params)``), as ``fp32``/``bf16``/``fp16``; None if it has none."""
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    items = state if isinstance(state, (tuple, list)) else (state,)
+    found = [names.get(t.dtype) for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return found[-1] if found else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,7 +519,7 @@ def build_model(name: str, height: int, width: int, preset: str | None = None, s
 
 def run_profile(model: str, res: str, backend: str = "torch", precision: str = "fp32", preset: str | None = None,
                 threads: int | None = None, iters: int = 3, warmup: int = 1, seed: int = 0,
-                gemm_size: int = 2048) -> dict[str, Any]:
+                gemm_size: int = 2048, cast: str = "auto", input: str = "onehot") -> dict[str, Any]:
     """Validate the arguments, profile, and return the JSON-able result (see the module docstring)."""
     from asapbench.registry import get_spec
     from asapbench.resolution import parse_resolution
@@ -480,6 +535,14 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         why = B.unsupported_reason(backend, "cpu", precision)
         if why:
             raise UserError(f"--precision bf16 --backend {backend}: {why}".replace("--backends torch", "--backend torch"))
+    from asapbench.models.base import INPUT_MODES
+
+    if input not in INPUT_MODES:
+        raise UserError(f"unknown --input {input!r}; choose one of: {', '.join(INPUT_MODES)}")
+    if cast not in CASTS:
+        raise UserError(f"unknown --cast {cast!r}; choose one of: {', '.join(CASTS)}")
+    if cast != "auto" and precision == "fp32":
+        raise UserError(f"--cast {cast} applies to --precision bf16 only; drop --cast for fp32")
     h, w = parse_resolution(res)
     if iters < 1:
         raise UserError(f"--iters must be at least 1, got {iters}")
@@ -496,28 +559,36 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         from asapbench.inputs import example_input
 
         m = build_model(model, h, w, preset, seed)
+        m.set_input_mode(input)  # after the weights were made realistic (on the one-hot input), as `run` does
         x = example_input(m, 1, h, w, seed=seed)
         macs = stage_macs(m, h, w)
         parity = None
         if precision != "fp32":
-            m, x, parity = _cast_and_compare(m, x, precision)
-        gemm = gemm_rate(precision, gemm_size)
+            m, x, parity = _cast_and_compare(m, x, precision, cast)
+        gemm = {precision: [gemm_rate(precision, gemm_size)]}
         if backend == "torch":
             res_ = profile_torch(m, x, iters, warmup)
         else:
             res_ = profile_onnxruntime(m, x, iters, threads or torch.get_num_threads(), warmup)
-        gemm_after = gemm_rate(precision, gemm_size)
+        gemm[precision].append(gemm_rate(precision, gemm_size))
+        # a mixed cast computes some stages in fp32: their GFLOP/s are set beside the fp32 GEMM rate
+        for p in set(res_.get("stage_dtypes", {}).values()) - {precision, None}:
+            if p in GEMM_DTYPES:
+                gemm[p] = [gemm_rate(p, gemm_size), gemm_rate(p, gemm_size)]
     finally:
         torch.set_num_threads(old_threads)
-    rate = statistics.median([gemm["gflops"], gemm_after["gflops"]])
+    rates = {p: statistics.median([g["gflops"] for g in runs]) for p, runs in gemm.items()}
+    rate = rates[precision]
     total_macs = sum(macs.values())
     rows = []
     for name, sec in res_["stages"].items():
         mac = macs.get(name)
+        stage_prec = res_.get("stage_dtypes", {}).get(name) or precision
         gf = 2 * mac / sec / 1e9 if mac and sec > 0 else None
+        r = rates.get(stage_prec, rate)
         rows.append({"stage": name, "ms": sec * 1e3, "min_ms": res_["stages_min"][name] * 1e3,
-                     "share": sec / res_["whole_s"] if res_["whole_s"] else None,
-                     "macs": mac, "gflops": gf, "fraction_of_gemm": gf / rate if gf else None})
+                     "share": sec / res_["whole_s"] if res_["whole_s"] else None, "precision": stage_prec,
+                     "macs": mac, "gflops": gf, "fraction_of_gemm": gf / r if gf else None})
     stage_sum = sum(res_["stages"].values())
     from asapbench.bench.system import cpu_model, git_sha
 
@@ -533,7 +604,8 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         "threads": threads or old_threads,
         "iters": iters,
         "warmup": warmup,
-        "gemm": {"op": gemm["op"], "gflops": rate, "gflops_before": gemm["gflops"], "gflops_after": gemm_after["gflops"]},
+        "gemm": {"op": gemm[precision][0]["op"], "gflops": rate, "gflops_before": gemm[precision][0]["gflops"],
+                 "gflops_after": gemm[precision][1]["gflops"]},
         "stages": rows,
         "stage_sum_ms": stage_sum * 1e3,
         "stage_sum_min_ms": sum(res_["stages_min"].values()) * 1e3,
@@ -546,7 +618,10 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         "torch": torch.__version__,
         "git_sha": git_sha(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
         "pixelwise_impl": getattr(m, "pixelwise_impl", None),
+        "input": input,
     }
+    if "fp32" in rates and precision != "fp32":
+        out["gemm_fp32"] = {"op": gemm["fp32"][0]["op"], "gflops": rates["fp32"]}
     if parity is not None:
         out[f"{precision}_vs_fp32"] = parity
     if backend == "onnxruntime":
@@ -562,24 +637,52 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
     return out
 
 
-def _cast_and_compare(model: nn.Module, x: torch.Tensor, precision: str) -> tuple[nn.Module, torch.Tensor, dict]:
-    """``model`` and ``x`` cast to ``precision`` (as the torch runner times them) and the cast model's output
-    judged against the fp32 model's by the gate ``asapbench run`` applies (fp16 criteria)."""
-    import copy
+#: ``--cast``: which reduced-precision form to profile (see :func:`asapbench.bench.runner_torch.cast_candidates`)
+CASTS = ("auto", "whole", "mixed")
 
-    from asapbench.bench.backends import TORCH_DTYPES
-    from asapbench.bench.runner_torch import GATED
+
+def _cast_and_compare(model: nn.Module, x: torch.Tensor, precision: str, cast: str = "auto") -> tuple[nn.Module, torch.Tensor, dict]:
+    """``model`` and ``x`` in ``precision`` as the torch runner times them, and the output judged against the
+    fp32 model's by the gate ``asapbench run`` applies (fp16 criteria).
+
+    ``cast``: ``auto`` tries what ``run`` tries, in its order (the whole model, then the model's mixed
+    variant) and profiles the first that passes, or the whole-model cast when none does; ``whole`` and
+    ``mixed`` profile that one whatever its gate says. The record names the one profiled (``policy``) and
+    every one judged (``tried``)."""
+    from asapbench.bench.runner_torch import GATED, cast_candidates
     from exporters.validate import judge_outputs
 
-    dtype = TORCH_DTYPES[precision]
-    cast = copy.deepcopy(model).to(dtype).eval()
-    xc = x.to(dtype)
+    makers = cast_candidates(model, precision)
+    if cast == "whole":
+        makers = makers[:1]
+    elif cast == "mixed":
+        made = makers[1]() if len(makers) > 1 else None
+        if made is None:
+            raise UserError(f"--cast mixed: {getattr(model, 'model_name', '') or type(model).__name__} has no mixed "
+                            f"{precision} variant (ASAP-Net has one); use --cast whole or auto")
+        makers = [lambda: made]
+    keep = ("passed", "psnr_db", "max_abs_err", "nonfinite", "criterion", "failures")
     with torch.inference_mode():
         ref = model(x).float().numpy()
-        got = cast(xc).float().numpy()
-    rec = judge_outputs(ref, got, GATED[precision])
-    keep = ("passed", "psnr_db", "max_abs_err", "nonfinite", "criterion", "failures")
-    return cast, xc, {k: rec[k] for k in keep}
+    tried, first = [], None
+    for make in makers:
+        made = make()
+        if made is None:
+            continue
+        what, m, in_dtype = made
+        m.eval()
+        xc = x.to(in_dtype) if x.is_floating_point() else x
+        with torch.inference_mode():
+            rec = judge_outputs(ref, m(xc).float().numpy(), GATED[precision])
+        tried.append({"policy": what, **{k: rec[k] for k in keep}})
+        if rec["passed"] or cast != "auto":
+            return m, xc, {**tried[-1], "tried": tried}
+        if first is None:
+            first = (m, xc)
+        else:
+            del m
+    m, xc = first
+    return m, xc, {**tried[0], "tried": tried}
 
 
 def render_table(result: dict[str, Any]):
@@ -592,24 +695,36 @@ def render_table(result: dict[str, Any]):
     parity = result.get(f"{prec}_vs_fp32")
     if parity is not None:
         verdict = "meets" if parity["passed"] else "FAILS"
-        caption = (f"{prec} output vs fp32: PSNR {parity['psnr_db']:.2f} dB, NaN/Inf {parity['nonfinite']} ({verdict} "
-                   f"the `asapbench run` gate: {parity['criterion']})")
-    t = Table(title=f"{result['model']} ({result['preset']}) {h}x{w} {result['backend']} {prec}, "
+        caption = (f"{prec}: {parity['policy']}; output vs fp32: PSNR {parity['psnr_db']:.2f} dB, NaN/Inf "
+                   f"{parity['nonfinite']} ({verdict} the `asapbench run` gate: {parity['criterion']})")
+        others = [t for t in parity.get("tried", []) if t["policy"] != parity["policy"]]
+        caption += "".join(f"; also judged: {t['policy']}, PSNR {t['psnr_db']:.2f} dB "
+                           f"({'meets' if t['passed'] else 'fails'} the gate)" for t in others)
+        if "gemm_fp32" in result:
+            caption += f"; fp32 stages beside the fp32 GEMM rate, {result['gemm_fp32']['gflops']:.1f} GFLOP/s"
+    labels = "label-map input, " if result.get("input") == "labels" else ""
+    t = Table(title=f"{result['model']} ({result['preset']}) {h}x{w} {result['backend']} {prec}, {labels}"
                     f"{result['threads']} thread(s); GEMM ({prec}) {result['gemm']['gflops']:.1f} GFLOP/s", caption=caption)
-    for col in ("stage", "ms", "% of model", "GMACs", "GFLOP/s", "% of GEMM"):
-        t.add_column(col, justify="left" if col == "stage" else "right")
+    mixed = any(r.get("precision", prec) != prec for r in result["stages"])  # a mixed cast: say each stage's
+    cols = ("stage", "in", "ms", "% of model", "GMACs", "GFLOP/s", "% of GEMM") if mixed else \
+        ("stage", "ms", "% of model", "GMACs", "GFLOP/s", "% of GEMM")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("stage", "in") else "right")
 
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
+    def row(*cells):
+        t.add_row(*(cells if mixed else cells[:1] + cells[2:]))
+
     for r in result["stages"]:
-        t.add_row(r["stage"], fmt(r["ms"], ".2f"), fmt(r["share"] and 100 * r["share"], ".1f"),
-                  fmt(r["macs"] and r["macs"] / 1e9, ".3f"), fmt(r["gflops"], ".1f"),
-                  fmt(r["fraction_of_gemm"] and 100 * r["fraction_of_gemm"], ".0f"))
+        row(r["stage"], r.get("precision") or "", fmt(r["ms"], ".2f"), fmt(r["share"] and 100 * r["share"], ".1f"),
+            fmt(r["macs"] and r["macs"] / 1e9, ".3f"), fmt(r["gflops"], ".1f"),
+            fmt(r["fraction_of_gemm"] and 100 * r["fraction_of_gemm"], ".0f"))
     t.add_section()
-    t.add_row("sum of stages", f"{result['stage_sum_ms']:.2f}", f"{100 * result['stage_sum_ms'] / result['whole_ms']:.1f}",
-              "", "", "")
+    row("sum of stages", "", f"{result['stage_sum_ms']:.2f}", f"{100 * result['stage_sum_ms'] / result['whole_ms']:.1f}",
+        "", "", "")
     wg = result["whole_gflops"]
-    t.add_row("whole model", f"{result['whole_ms']:.2f}", "100.0", f"{result['whole_macs'] / 1e9:.3f}",
-              fmt(wg, ".1f"), fmt(wg and 100 * wg / result["gemm"]["gflops"], ".0f"))
+    row("whole model", "", f"{result['whole_ms']:.2f}", "100.0", f"{result['whole_macs'] / 1e9:.3f}",
+        fmt(wg, ".1f"), fmt(wg and 100 * wg / result["gemm"]["gflops"], ".0f"))
     return t

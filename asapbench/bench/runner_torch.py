@@ -7,7 +7,11 @@ on the CPU. The cast is faster than ``torch.autocast('cpu', dtype=torch.bfloat16
 ASAP-Net's eager pixelwise stream (``torch.bmm(..., out=)`` into its fp32 buffers). A bf16 cell is gated
 before it is timed (:meth:`TorchRunner.gate`): its output on the cell's input against the fp32 model's
 must meet the fp16 parity criteria (exporters/validate.py ``PARITY_CRITERIA``: PSNR >= 40 dB, peak-to-peak
-2.0, no NaN/Inf), else :class:`~asapbench.bench.backends.GateFailed` (an ``error`` row with the numbers).
+2.0, no NaN/Inf). When the whole-model cast fails and the model has a mixed variant
+(``Generator.mixed_precision_variant``: ASAP-Net's pixelwise stream in bf16, low-res stream in fp32), that
+variant is gated and, if it passes, timed, and the row's note says which ran and what the whole cast scored
+(:func:`cast_candidates`); when none passes, :class:`~asapbench.bench.backends.GateFailed` (an ``error`` row
+with every candidate's numbers).
 """
 
 from __future__ import annotations
@@ -43,11 +47,38 @@ class TorchRunner(Runner):
         cell = self.cell
         self.dev = torch.device(cell.device)
         self.dtype = TORCH_DTYPES[cell.precision]
-        self.model = copy.deepcopy(cell.model).to(device=self.dev, dtype=self.dtype).eval()
-        self.x_dev = self._to_device(cell.x)
-        self.fwd: Callable[[torch.Tensor], torch.Tensor] = self.model
         self.state: dict[str, Any] = {}
         self.graph = None
+        self.provider = cell.device
+        self.threads = torch.get_num_threads()
+        failed: list[tuple[str, dict[str, Any]]] = []
+        for make in cast_candidates(cell.model, cell.precision):
+            made = make()
+            if made is None:
+                continue
+            self.policy, model, self.in_dtype = made
+            self.model = model.to(device=self.dev).eval()
+            self.x_dev = self._to_device(cell.x)
+            self._forward_fn()
+            if cell.precision not in GATED:
+                return
+            rec = self.gate()
+            if rec["passed"]:
+                self._note_gate(rec, failed)
+                return
+            failed.append((self.policy, rec))
+            for name in ("fwd", "model", "x_dev"):
+                self.__dict__.pop(name, None)
+        prec = cell.precision
+        what = "; ".join((f"{policy}: " if len(failed) > 1 else "") + f"{'; '.join(rec['failures'])} ({_nums(rec)})"
+                         for policy, rec in failed)
+        raise GateFailed(f"{prec} parity gate failed against fp32 torch on the same input: {what}; not timed; "
+                         "use --precision fp32 for this model")
+
+    def _forward_fn(self) -> None:
+        """:attr:`fwd` for :attr:`model`: eager, torch.compile, or a captured CUDA graph."""
+        cell = self.cell
+        self.fwd: Callable[[torch.Tensor], torch.Tensor] = self.model
         if cell.backend == "torch-compile":
             mode = "reduce-overhead" if cell.cuda_graph else None
             self.fwd = torch.compile(self.model, mode=mode)
@@ -57,14 +88,10 @@ class TorchRunner(Runner):
             self.note = f"torch.compile(mode={mode or 'default'}); compilation happens {when}"
         elif cell.cuda_graph:
             self._capture()
-        self.provider = cell.device
-        self.threads = torch.get_num_threads()
-        if cell.precision in GATED:
-            self.gate()
 
     def gate(self) -> dict[str, Any]:
-        """Judge the output of :attr:`fwd` on the cell's input against the fp32 reference (:meth:`prepare`);
-        raise :class:`GateFailed` with the numbers when it fails, else note the PSNR and return the record."""
+        """Judge the output of :attr:`fwd` on the cell's input against the fp32 reference (:meth:`prepare`)
+        and return the record (``passed``, ``failures``, PSNR, ...); it is also kept in ``info["gate"]``."""
         from exporters.validate import judge_outputs
 
         prec = self.cell.precision
@@ -73,18 +100,22 @@ class TorchRunner(Runner):
             got = self.fwd(self.x_dev).float().cpu().numpy()
         rec = judge_outputs(self.ref, got, GATED[prec])
         self.info["gate"] = {k: rec[k] for k in ("passed", "psnr_db", "max_abs_err", "nonfinite", "criterion")}
-        nums = f"PSNR {rec['psnr_db']:.2f} dB, max |err| {_fmt(rec['max_abs_err'])}, NaN/Inf {rec['nonfinite']}"
-        if not rec["passed"]:
-            raise GateFailed(f"{prec} parity gate failed against fp32 torch on the same input: {'; '.join(rec['failures'])} "
-                             f"({nums}); not timed; use --precision fp32 for this model")
-        how = f"{prec}: model and input cast to {str(self.dtype).removeprefix('torch.')} (not autocast)"
-        gate = f"gate vs fp32 torch passed: {nums}" + ("; reference output degenerate" if rec["degenerate"] else "")
-        self.note = "; ".join(n for n in (self.note, how, gate) if n)
+        self.info["gate"]["policy"] = self.policy
         return rec
 
+    def _note_gate(self, rec: dict[str, Any], failed: list[tuple[str, dict[str, Any]]]) -> None:
+        """The row's note for a passed gate: what ran in reduced precision, the gate's numbers, and the
+        candidates that failed before it."""
+        prec = self.cell.precision
+        how = f"{prec}: {self.policy}"
+        if failed:
+            how += " (" + "; ".join(f"{p} failed the gate: {', '.join(r['failures'])}" for p, r in failed) + ")"
+        gate = f"gate vs fp32 torch passed: {_nums(rec)}" + ("; reference output degenerate" if rec["degenerate"] else "")
+        self.note = "; ".join(n for n in (self.note, how, gate) if n)
+
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """The input on the cell's device: float inputs in the cell's dtype, the integer label map as it is."""
-        return x.to(device=self.dev, dtype=self.dtype if x.is_floating_point() else x.dtype)
+        """The input on the cell's device: float inputs in the dtype the model takes, the integer label map as it is."""
+        return x.to(device=self.dev, dtype=self.in_dtype if x.is_floating_point() else x.dtype)
 
     def _capture(self) -> None:
         """Capture one forward as a CUDA graph after 3 eager runs on a side stream."""
@@ -122,6 +153,31 @@ class TorchRunner(Runner):
     def close(self) -> None:
         for name in ("state", "graph", "static_out", "static_x", "fwd", "model", "x_dev", "ref"):
             self.__dict__.pop(name, None)
+
+
+def cast_candidates(model: torch.nn.Module, precision: str) -> list[Callable[[], tuple[str, torch.nn.Module, torch.dtype] | None]]:
+    """How ``model`` may run in ``precision``, in the order to try them: each a function that makes
+    ``(what, model copy, input dtype)`` (or None). First the whole model and its input cast to the dtype;
+    for a gated precision, then the model's mixed variant (``mixed_precision_variant``), if it has one,
+    which takes the input in the model's own dtype. Made one at a time, so one copy is held at once."""
+    dtype = TORCH_DTYPES[precision]
+    name = str(dtype).removeprefix("torch.")
+
+    def whole():
+        return f"model and input cast to {name} (not autocast)", copy.deepcopy(model).to(dtype), dtype
+
+    def mixed():
+        variant = model.mixed_precision_variant(dtype) if hasattr(model, "mixed_precision_variant") else None
+        if variant is None:
+            return None
+        what, m = variant
+        return what, m, next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
+
+    return [whole, mixed] if precision in GATED else [whole]
+
+
+def _nums(rec: dict[str, Any]) -> str:
+    return f"PSNR {rec['psnr_db']:.2f} dB, max |err| {_fmt(rec['max_abs_err'])}, NaN/Inf {rec['nonfinite']}"
 
 
 def _fmt(v: float | None) -> str:

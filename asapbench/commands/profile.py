@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         res: Annotated[str, typer.Option("--res", "-r", help="Resolution HxW or N (NxN).")],
         backend: Annotated[str, typer.Option("--backend", "-b", help="torch or onnxruntime (CPU).")] = "torch",
         precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, or bf16 (--backend torch, on CPUs with AVX-512 BF16 or AMX): model and input in bfloat16, the GEMM rate measured in bf16, and the output compared with fp32 (PSNR).")] = "fp32",
+        cast: Annotated[str, typer.Option("--cast", help="With --precision bf16: auto (what `asapbench run` times: the whole model cast, or, when that fails the parity gate, the model's mixed variant: ASAP-Net's pixelwise stream in bf16, low-res stream in fp32), whole or mixed (that one, whatever the gate says).")] = "auto",
+        input: Annotated[str, typer.Option("--input", help="onehot (the official float input) or labels (the int32 label map, encoded in the graph; ASAP-Net's first pixelwise layer a row lookup), as `asapbench run --input`.")] = "onehot",
         preset: Annotated[str | None, typer.Option("--preset", help="Preset (default: configured for --res as `asapbench run` does).")] = None,
         threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
         iters: Annotated[int, typer.Option("--iters", "-n", help="Timed rounds (medians are reported).")] = 3,
@@ -33,7 +35,7 @@ def register(app: typer.Typer) -> None:
         from asapbench.bench.profile import render_table, run_profile
 
         result = run_profile(model, res, backend=backend, precision=precision, preset=preset, threads=threads,
-                             iters=iters, warmup=warmup, seed=seed, gemm_size=gemm_size)
+                             iters=iters, warmup=warmup, seed=seed, gemm_size=gemm_size, cast=cast, input=input)
         Console().print(render_table(result))
         if json_path is not None:
             from asapbench.fsutil import atomic_write_json, ensure_writable_dir

@@ -91,6 +91,12 @@ class Generator(nn.Module):
         """Implementation choices of the model that change its exported graph (``key=value``)."""
         return []
 
+    def mixed_precision_variant(self, dtype: torch.dtype) -> tuple[str, Generator] | None:
+        """A copy that runs only part of the model in the reduced ``dtype``, with what it does in words, for
+        when casting the whole model fails the parity gate; None (the default): the model has none.
+        The torch runner and ``asapbench profile`` try the whole-model cast first, then this."""
+        return None
+
     # label-map input --------------------------------------------------------------------------
     def set_input_mode(self, mode: str) -> Generator:
         """``"onehot"`` (default) or ``"labels"``: what :meth:`forward` takes (module docstring); returns self."""
