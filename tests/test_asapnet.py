@@ -291,7 +291,8 @@ def test_fast_pixelwise_equals_reference_at_preset_size(preset, h, w):
 
 @pytest.mark.parametrize("n,h,w", [(2, 32, 64), (1, 16, 16), (3, 16, 40)])
 def test_fast_paths_match_reference_on_tiny_and_partial_chunks(n, h, w, monkeypatch):
-    """Chunk boundaries (a last partial chunk, one tile per chunk, one chunk) change nothing."""
+    """Chunk boundaries (a partial chunk at the end of a row of tiles, one tile per chunk, one chunk per row)
+    change nothing."""
     import asapbench.models.asapnet as mod
 
     m = _randomise(create_generator("asapnet-tiny"), seed=6).eval()
