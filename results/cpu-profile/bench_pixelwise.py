@@ -61,11 +61,10 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from asapbench import create_generator
+    from asapbench.bench import system
     from asapbench.counting import count_macs
     from asapbench.inputs import example_input
     from asapbench.weights import spread_for_resolution
-
-    from asapbench.bench import system
     from exporters.validate import judge_outputs
 
     bf16, bf16_why = system.cpu_bf16_support()
@@ -109,8 +108,8 @@ def main():
             gate = {}
             with torch.no_grad():
                 if not big:
-                    for name, f in (("model.torch.bf16-whole", lambda: whole(xb)), ("model.torch.bf16-mixed", lambda: mixed(x))):
-                        r = judge_outputs(y_fast.numpy(), f().float().numpy(), "fp16")
+                    for name, y in (("model.torch.bf16-whole", whole(xb)), ("model.torch.bf16-mixed", mixed(x))):
+                        r = judge_outputs(y_fast.numpy(), y.float().numpy(), "fp16")
                         gate[name] = {"psnr_db": round(r["psnr_db"], 2), "passed": r["passed"]}
                 r = judge_outputs(pw_fast.numpy(), m.pixelwise(hb, pb).float().numpy(), "fp16")
                 gate["pixelwise.torch.bf16"] = {"psnr_db": round(r["psnr_db"], 2), "passed": r["passed"]}
