@@ -21,3 +21,5 @@ for i in onehot labels; do
   python -m asapbench run --models asapnet --res 256x512,1024x1024 --backends torch,onnxruntime --precision fp32,bf16 \
     --input $i --threads 2 --warmup 2 --iters 10 --e2e-iters 10 --no-progress --out $D/run-$i
 done
+# bf16 vs fp32 at 1024x1024 again, with 15 alternated rounds (the 5-round medians above move by 20-30% between runs)
+python $D/bench_pixelwise.py --threads 2 --reps 15 --sizes facades1024:1024x1024 --out $D/pixelwise-t2-facades1024-r15.json
