@@ -490,9 +490,9 @@ class ASAPNetGenerator(Generator):
         """The pixelwise stream of the label-map input ``x [N, 1|2, H, W]`` and its in-graph one-hot ``onehot``.
 
         Traced, exported, compiled or differentiated: the fast formulation with its first layer as a row
-        lookup (:meth:`_first_layer_lookup`; onnxruntime runs it faster than the one-hot product: 374 vs
-        434 ms for the whole facades1024 model at 1024x1024, 296 vs 332 ms for cityscapes at 256x512,
-        results/cpu-profile). Eager: the one-hot product of :meth:`pixelwise_fast_eager` on ``onehot``,
+        lookup (:meth:`_first_layer_lookup`; no product over the label channels; onnxruntime runs the whole
+        model about as fast as the one-hot one, results/cpu-profile). Eager: the one-hot product of
+        :meth:`pixelwise_fast_eager` on ``onehot``,
         which the low-res stream needs at full resolution anyway and which the chunked ``bmm`` runs
         faster than an eager gather (268 vs 314 ms at 1024x1024, equal at 256x512; 2-core AMD EPYC,
         torch 2.13). The reference formulation and meta tensors also take ``onehot``."""
