@@ -171,7 +171,7 @@ def cast_candidates(model: torch.nn.Module, precision: str) -> list[Callable[[],
         if variant is None:
             return None
         what, m = variant
-        return what, m, next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
+        return what, m, m.float_dtype()
 
     return [whole, mixed] if precision in GATED else [whole]
 

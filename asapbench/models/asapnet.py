@@ -356,60 +356,36 @@ class ASAPNetGenerator(Generator):
         n, c, height, width = hr_in.shape
         s = self.scale
         h, w = height // s, width // s
-        pix, width_in, co = s * s, 1 + c + self.pe_channels, self.mlp_channels[1]
-        k = self._chunk_tiles(w)
-        stage = hr_in.new_empty(k, s, s, width_in)
+        pix = s * s
+        chans = self.mlp_channels
+        n_layers = len(chans) - 1
+        k = max(1, min(w, CHUNK_PIXELS // pix))
+        stage = hr_in.new_empty(k, s, s, 1 + chans[0])  # [1, labels, PE] of a chunk's pixels
         stage[..., 0].fill_(1.0)
         stage[..., 1 + c :].copy_(self.pos_table.to(device=hr_in.device, dtype=hr_in.dtype).view(s, s, self.pe_channels))
         tiles = hr_in.reshape(n, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1)  # (N, h, w, S, S, C): a view
         p = params.permute(0, 2, 3, 1).reshape(n * h * w, params.shape[1])
-
-        def first(t0: int, kk: int, q: torch.Tensor, out: torch.Tensor) -> None:
-            ni, rest = divmod(t0, h * w)
-            hi, wi = divmod(rest, w)
-            st = stage[:kk]
-            st[..., 1 : 1 + c].copy_(tiles[ni, hi, wi : wi + kk])
-            torch.bmm(st.view(kk, pix, width_in), q[:, : width_in * co].view(kk, width_in, co), out=out)
-
-        return self._eager_layers(p, n, height, width, first)
-
-    def _chunk_tiles(self, row: int) -> int:
-        """Tiles per chunk of the eager loop: about :data:`CHUNK_PIXELS` pixels, at most one row of tiles."""
-        return max(1, min(row, CHUNK_PIXELS // (self.scale * self.scale)))
-
-    def _eager_layers(self, p: torch.Tensor, n: int, height: int, width: int, first) -> torch.Tensor:
-        """The chunk loop of the eager fast path on ``p [T, C_total]`` (tile-major, T = N h w); ``first(t0, kk,
-        q, out)`` writes the first layer's pre-activation of tiles ``t0 : t0 + kk`` (one chunk, inside one row
-        of tiles) into ``out`` (:meth:`pixelwise_fast_eager`'s staged one-hot product)."""
-        s = self.scale
-        tiles, pix = p.shape[0], s * s
-        row = width // s
-        chans = self.mlp_channels
-        n_layers = len(chans) - 1
-        k = self._chunk_tiles(row)
         hid = max(chans[1:-1], default=chans[0])
         bufs = [p.new_empty(k, pix, 1 + hid) for _ in range(2)]
         for b in bufs:
             b[..., 0].fill_(1.0)
-        out = p.new_empty(tiles, pix, chans[-1])
-        chunks = ((t0, min(k, r0 + row - t0)) for r0 in range(0, tiles, row) for t0 in range(r0, r0 + row, k))
-        for t0, kk in chunks:
+        out = p.new_empty(n * h * w, pix, chans[-1])
+        for ni, hi, wi in itertools.product(range(n), range(h), range(0, w, k)):
+            kk = min(k, w - wi)
+            t0 = (ni * h + hi) * w + wi
             q = p[t0 : t0 + kk]
+            x = stage[:kk]
+            x[..., 1 : 1 + c].copy_(tiles[ni, hi, wi : wi + kk])
+            x = x.view(kk, pix, 1 + chans[0])
             off = 0
-            x = None
             for i, (ci, co) in enumerate(itertools.pairwise(chans)):
                 wb = q[:, off : off + (ci + 1) * co].view(kk, ci + 1, co)  # [bias; W], bias first
                 off += (ci + 1) * co
-                last = i == n_layers - 1
-                y = out[t0 : t0 + kk] if last else bufs[i % 2][:kk][..., 1 : 1 + co]
-                if i == 0:
-                    first(t0, kk, q, y)
+                if i == n_layers - 1:
+                    torch.bmm(x, wb, out=out[t0 : t0 + kk]).tanh_()
                 else:
-                    torch.bmm(x, wb, out=y)
-                if last:
-                    y.tanh_()
-                else:
-                    # on the whole contiguous buffer, not the strided view ``y``: column 0 (the ones) is
+                    torch.bmm(x, wb, out=bufs[i % 2][:kk][..., 1 : 1 + co])
+                    # on the whole contiguous buffer, not the strided output view: column 0 (the ones) is
                     # unchanged by leaky_relu, and the contiguous kernel is vectorised (bf16: 4x faster)
                     x = bufs[i % 2][:kk]
                     F.leaky_relu_(x, 0.01)
@@ -515,15 +491,14 @@ class ASAPNetGenerator(Generator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
         if self.input_mode == "labels":  # integer label map: one-hot for the low-res stream, lookup for the first layer
-            self.check_label_input(x)
-            onehot = self.encode_label_input(x)
+            onehot = self.model_input(x)  # checked, then encoded in the graph
             params = self.lowres(onehot)
             return self.pixelwise_labels(x, onehot, params)
         if x.dim() != 4 or x.shape[1] != self.input_nc:
             raise UserError(f"ASAP-Net expects input [N, {self.input_nc}, H, W], got {list(x.shape)}")
         self.check_input_size(int(x.shape[2]), int(x.shape[3]))
         if self.pixelwise_dtype is not None:  # mixed: the low-res stream in the model's own dtype
-            x = x.to(self._float_dtype())
+            x = x.to(self.float_dtype())
         params = self.lowres(x)
         hr_in = x[:, :-1] if self.lr_instance else x
         return self.pixelwise(hr_in, params)

@@ -115,7 +115,8 @@ class Generator(nn.Module):
         """Channels of the label-map input: 1 (label ids), 2 with the instance ids the edge channel needs."""
         return 2 if (self.instance_edge and self.input_kind != "image") else 1
 
-    def _float_dtype(self) -> torch.dtype:
+    def float_dtype(self) -> torch.dtype:
+        """The dtype of the first floating parameter (float32 when there is none): what the model computes in."""
         for t in self.parameters():
             if t.is_floating_point():
                 return t.dtype
@@ -140,7 +141,7 @@ class Generator(nn.Module):
         Ids outside [0, label_classes) give an all-zero one-hot (pix2pix: an indexing error); the CLI
         checks label maps it reads before feeding them.
         """
-        dtype = self._float_dtype()
+        dtype = self.float_dtype()
         lab = x[:, :1]
         if self.input_kind == "image":
             from asapbench.inputs import label_palette
