@@ -123,7 +123,7 @@ def _asapnet_labels_plan(m) -> StagePlan:
     return StagePlan(
         [("input encoding", encode), ("low-res stream", lowres), ("pixelwise stream", pixelwise)],
         scopes={"lowres_stream": "low-res stream"},
-        calls=[("self.encode_label_input(", "input encoding"), ("self.lowres(", "input encoding"),
+        calls=[("self.model_input(", "input encoding"), ("self.lowres(", "input encoding"),
                ("self.pixelwise_labels(", "pixelwise stream")],
     )
 
@@ -677,10 +677,7 @@ def _cast_and_compare(model: nn.Module, x: torch.Tensor, precision: str, cast: s
         tried.append({"policy": what, **{k: rec[k] for k in keep}})
         if rec["passed"] or cast != "auto":
             return m, xc, {**tried[-1], "tried": tried}
-        if first is None:
-            first = (m, xc)
-        else:
-            del m
+        first = first or (m, xc)  # profiled when no form passes
     m, xc = first
     return m, xc, {**tried[0], "tried": tried}
 
