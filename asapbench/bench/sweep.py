@@ -438,18 +438,20 @@ def plan_res(plan: ModelPlan) -> str:
 
 def _export_bytes(plan: ModelPlan, precision: str) -> int:
     """About how many bytes the cell's ONNX export writes (its weights at the precision, plus 10%)."""
+    from asapbench.bench.memory import BYTES
+
     params = int((plan.cost or {}).get("params") or 0)
-    return int(params * (2 if precision in ("fp16", "bf16") else 4) * 1.1)
+    return int(params * BYTES.get(precision, 4) * 1.1)
 
 
 def _check_memory(plan: ModelPlan, cfg: SweepConfig, precision: str) -> None:
     """Refuse (MemoryError: an ``oom`` row) a cell whose memory estimate exceeds what the device has free."""
-    from asapbench.bench.memory import MemoryEstimate, fits
+    from asapbench.bench.memory import BYTES, MemoryEstimate, fits
 
     est = plan.memory
     if est is None:
         return
-    scale = 0.5 if precision in ("fp16", "bf16") else 1.0
+    scale = BYTES.get(precision, 4) / 4  # plan.memory is the fp32 estimate
     cell_est = MemoryEstimate(int(est.weights * scale), int(est.activations * scale * cfg.batch), est.io * cfg.batch)
     ok, why = fits(cell_est, cfg.device)
     if not ok:

@@ -33,13 +33,9 @@ ROW_ENV_KEYS = (
 
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (Linux) or platform, e.g. 'AMD EPYC 7763 64-Core Processor'."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in (_cpuinfo_text() or "").splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
 
 
