@@ -321,7 +321,7 @@ def check_parity(
         as_is = {"input": desc, **{k: r[k] for k in ("max_abs_err", "mean_abs_err", "psnr_db", "nonfinite")}}
     worst = _worst(samples)
     fails = _gate(precision, worst)
-    degenerate = worst["output_std"] < MIN_OUTPUT_STD or worst["saturated_fraction"] > MAX_SATURATED
+    degenerate = _degenerate(worst)
     if emulated:
         runtime += ("; fp16 emulated: every fp16 value rounded to fp16 explicitly, arithmetic in fp32 "
                     "(exporters.fp16.emulate_fp16)")
@@ -389,4 +389,9 @@ def judge_outputs(ref: np.ndarray, got: np.ndarray, precision: str = "fp16") -> 
     rec = {**compare(ref, got), "drift": None}
     fails = _gate(precision, rec)
     return {**rec, "passed": not fails, "failures": fails, "criterion": _criterion_text(precision),
-            "degenerate": rec["output_std"] < MIN_OUTPUT_STD or rec["saturated_fraction"] > MAX_SATURATED}
+            "degenerate": _degenerate(rec)}
+
+
+def _degenerate(rec: dict[str, Any]) -> bool:
+    """Whether a reference output is too flat or too saturated for its comparison to mean much."""
+    return rec["output_std"] < MIN_OUTPUT_STD or rec["saturated_fraction"] > MAX_SATURATED

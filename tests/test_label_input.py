@@ -1,7 +1,7 @@
 """`--input labels`: the integer label map in, the official input encoded inside the graph.
 
 Every family computes what its one-hot model computes (torch, realistic label maps and weights); ASAP-Net's
-first pixelwise layer really is the row lookup; state dicts are unchanged; the ONNX export takes int32 and
+first pixelwise layer really is the row lookup in graphs (the one-hot product in eager inference); state dicts are unchanged; the ONNX export takes int32 and
 matches torch in onnxruntime (and builds with TensorRT-RTX where installed); the cache keys, files, sidecars
 and benchmark rows say which input they are for; bad label maps are one-line errors at the CLI.
 """

@@ -105,7 +105,8 @@ def _asapnet_plan(m) -> StagePlan:
 
 def _asapnet_labels_plan(m) -> StagePlan:
     """ASAP-Net on the label map (``--input labels``): encoding = the in-graph one-hot and edge map (and the
-    tent pre-downsampling); the pixelwise stream includes its first layer's row lookup."""
+    tent pre-downsampling); the pixelwise stream is :meth:`pixelwise_labels` (in onnxruntime its first layer's row
+    lookup; in torch eager the one-hot product)."""
     from asapbench.models.asapnet import tent_downsample
 
     def encode(x):

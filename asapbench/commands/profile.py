@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from asapbench.commands.export import INPUT_HELP
+
 
 def register(app: typer.Typer) -> None:
     @app.command("profile")
@@ -20,7 +22,7 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option("--backend", "-b", help="torch or onnxruntime (CPU).")] = "torch",
         precision: Annotated[str, typer.Option("--precision", "-p", help="fp32, or bf16 (--backend torch, on CPUs with AVX-512 BF16 or AMX): model and input in bfloat16, the GEMM rate measured in bf16, and the output compared with fp32 (PSNR).")] = "fp32",
         cast: Annotated[str, typer.Option("--cast", help="With --precision bf16: auto (what `asapbench run` times: the whole model cast, or, when that fails the parity gate, the model's mixed variant: ASAP-Net's pixelwise stream in bf16, low-res stream in fp32), whole or mixed (that one, whatever the gate says).")] = "auto",
-        input: Annotated[str, typer.Option("--input", help="onehot (the official float input) or labels (the int32 label map, encoded in the graph; ASAP-Net's first pixelwise layer a row lookup), as `asapbench run --input`.")] = "onehot",
+        input: Annotated[str, typer.Option("--input", help=INPUT_HELP)] = "onehot",
         preset: Annotated[str | None, typer.Option("--preset", help="Preset (default: configured for --res as `asapbench run` does).")] = None,
         threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
         iters: Annotated[int, typer.Option("--iters", "-n", help="Timed rounds (medians are reported).")] = 3,

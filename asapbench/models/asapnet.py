@@ -490,7 +490,7 @@ class ASAPNetGenerator(Generator):
         return self._untile(self._graph_layers(y, p, first=1), n, height, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
-        if self.input_mode == "labels":  # integer label map: one-hot for the low-res stream, lookup for the first layer
+        if self.input_mode == "labels":  # integer label map: one-hot in the graph (first layer a row lookup in graphs)
             onehot = self.model_input(x)  # checked, then encoded in the graph
             params = self.lowres(onehot)
             return self.pixelwise_labels(x, onehot, params)
