@@ -245,22 +245,24 @@ def test_baselines_have_no_mixed_variant():
     assert create_generator("pix2pixhd-tiny").mixed_precision_variant(torch.bfloat16) is None
 
 
+def _noise_if_bf16(module, inputs, out):
+    """Forward hook: noise as large as the output itself when the module runs in bf16 (fp32 passes through)."""
+    if out.dtype != torch.bfloat16:
+        return None
+    noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)) * out.float().std()
+    return (out.float() + noise).to(out.dtype)
+
+
 def _corrupt_bf16_lowres(monkeypatch):
-    """Add ~26 dB of noise to ASAP-Net's low-res stream output when it runs in bf16 only: the whole-model cast
-    then fails the gate and the mixed variant (low-res stream in fp32) does not see the noise."""
+    """Corrupt ASAP-Net's low-res stream output when it runs in bf16 only: the whole-model cast then fails the
+    gate and the mixed variant (low-res stream in fp32) does not see the noise."""
     from asapbench.bench import sweep as S
 
     real = S.build_model
 
-    def hook(module, inputs, out):
-        if out.dtype != torch.bfloat16:
-            return None
-        noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)) * out.float().std()
-        return (out.float() + noise).to(out.dtype)
-
     def build(plan, ckpts, seed):
         m = real(plan, ckpts, seed)
-        m.lowres_stream.register_forward_hook(hook)
+        m.lowres_stream.register_forward_hook(_noise_if_bf16)
         return m
 
     monkeypatch.setattr(S, "build_model", build)
@@ -292,9 +294,7 @@ def test_profile_cast_auto_reports_what_it_profiled(monkeypatch):
 
     def build(*a, **kw):
         m = real(*a, **kw)
-        m.lowres_stream.register_forward_hook(
-            lambda mod, i, out: (out.float() + torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
-                                 * out.float().std()).to(out.dtype) if out.dtype == torch.bfloat16 else None)
+        m.lowres_stream.register_forward_hook(_noise_if_bf16)
         return m
 
     monkeypatch.setattr(P, "build_model", build)
