@@ -23,9 +23,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from asapbench.commands import cache, engines, export, models_info, profile, run, train
+    from asapbench.commands import cache, compare, engines, export, models_info, profile, run, train
 
-    for mod in (models_info, train, export, engines, run, profile, cache):
+    for mod in (models_info, train, export, engines, run, compare, profile, cache):
         mod.register(app)
 
 

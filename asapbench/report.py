@@ -751,11 +751,52 @@ def _sibling_envs(csv_path: Path) -> list[dict[str, Any]]:
     return [e for e in envs if isinstance(e, dict)]
 
 
-def merge_report(csv_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Path]:
+def resolve_bench_csv(path: str | os.PathLike) -> Path:
+    """A bench.csv given as the file or as the folder holding it (``asapbench run --out``); UserError otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "bench.csv").is_file():
+            raise UserError(f"{str(p)!r} is a folder without a bench.csv; pass a bench.csv or the --out folder of a run")
+        return p / "bench.csv"
+    return p
+
+
+def cell_label(r: BenchRow, machine: bool = True) -> str:
+    """One line naming a cell: model, size, backend, precision, device, machine (and input, batch, CUDA graph,
+    preset, overrides and checkpoint where set)."""
+    extra = [f"input {r.input}"] if r.input != "onehot" else []
+    extra += [f"batch {r.batch}"] if r.batch != 1 else []
+    extra += ["+graph"] if r.cuda_graph else []
+    extra += [r.preset] if r.preset else []
+    extra += [r.overrides] if r.overrides else []
+    extra += [f"checkpoint {r.checkpoint}"] if r.checkpoint else []
+    where = f" on {r.machine}" if machine else ""
+    return f"{r.model} {r.res} {r.backend} {r.precision} {r.device}{where}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def replaced_cells(sets: Sequence[tuple[str, Sequence[BenchRow]]]) -> list[str]:
+    """For result sets merged in this order, one line per cell that a later set replaces ("CELL: B replaces A")."""
+    first: dict[tuple, str] = {}
+    lines = []
+    for source, rows in sets:
+        seen_here = set()
+        for r in rows:
+            key = tuple(getattr(r, k) for k in _CELL_KEY)
+            if key in seen_here:
+                continue
+            seen_here.add(key)
+            if key in first and first[key] != source:
+                lines.append(f"{cell_label(r)}: {source} replaces {first[key]}")
+            first[key] = source
+    return lines
+
+
+def merge_report(csv_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
     """Read one or more bench.csv files, merge their rows and render all four outputs into ``out_dir``.
 
     Environments come from a ``bench.json`` beside each CSV where present, else from the rows'
-    environment columns. When the same cell appears twice, the later file wins in the tables.
+    environment columns. When the same cell appears in two files, the later file wins in the tables;
+    returns the written paths and one line per cell so replaced (:func:`replaced_cells`).
     """
     from asapbench.fsutil import ensure_writable_dir
 
@@ -763,16 +804,13 @@ def merge_report(csv_paths: Sequence[str | os.PathLike], out_dir: str | os.PathL
         raise UserError("no CSV given; pass one or more bench.csv files written by `asapbench run`")
     rows: list[BenchRow] = []
     envs: list[dict[str, Any]] = []
-    for p in csv_paths:
-        p = Path(p)
-        if p.is_dir():  # `asapbench report OUT`: the bench.csv in that folder
-            if not (p / "bench.csv").is_file():
-                raise UserError(f"{str(p)!r} is a folder without a bench.csv; pass a bench.csv or the --out folder of a run")
-            p = p / "bench.csv"
+    sets = []
+    for p in map(resolve_bench_csv, csv_paths):
         these = read_csv(p)
+        sets.append((str(p), these))
         rows += these
         for e in _sibling_envs(p) or _envs_from_rows(these):
             if e not in envs:
                 envs.append(e)
     ensure_writable_dir(out_dir, "--out folder")
-    return render_all(rows, out_dir, envs, sources=[str(p) for p in csv_paths])
+    return render_all(rows, out_dir, envs, sources=[str(p) for p in csv_paths]), replaced_cells(sets)

@@ -487,7 +487,8 @@ def _unlink(p: Path) -> None:
 
 
 def report(csvs: Iterable[str | os.PathLike], out: str | os.PathLike):
-    """Merge bench.csv files and render bench.csv/md/json/png into ``out``; returns the written paths."""
+    """Merge bench.csv files and render bench.csv/md/json/png into ``out``; returns the written paths and one
+    line per cell that a later file replaced."""
     from asapbench.report import merge_report
 
     return merge_report(list(csvs), out)
@@ -552,5 +553,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(DEFAULT_OUT) / "report",
     ) -> None:
         """Merge bench.csv files and render bench.csv, bench.md, bench.json and the plot again."""
-        paths = report(csvs, out)
-        typer.echo(f"wrote {', '.join(paths)} to {out}")
+        paths, replaced = report(csvs, out)
+        for line in replaced:
+            typer.echo(f"replaced: {line}", err=True)
+        typer.echo(f"wrote {', '.join(paths)} to {out}" + (f"; {len(replaced)} cell(s) taken from a later file (listed above)" if replaced else ""))
