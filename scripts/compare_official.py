@@ -516,6 +516,12 @@ def _main(argv: list[str] | None) -> int:
     a = parse_args(argv)
     root = check_official(a.official)
     pairs = cpu_backends(a.backends)  # unknown backend names: UserError before any work
+    from asapbench.bench import backends as B
+
+    reasons = {f"{b} {q}": B.unsupported_reason(b, "cpu", q) for b, q in pairs}
+    if all(reasons.values()):
+        raise UserError("no asapbench backend given can run on this CPU (" + "; ".join(f"{k}: {v}" for k, v in reasons.items())
+                        + "); pass --backends torch,onnxruntime (or leave --backends out)")
     for preset in a.presets:
         official_options(root, preset)  # a missing test script: UserError before any work
     from asapbench.commands.run import default_cache_dir

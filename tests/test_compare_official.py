@@ -167,6 +167,18 @@ def test_unknown_preset_and_missing_official_are_one_line_errors(tmp_path):
     assert_one_line_error(r, "--official")
 
 
+@pytest.mark.parametrize("backends, words", [("torch,warp-drive", ["warp-drive", "onnxruntime"]),
+                                             ("tensorrt", ["no asapbench backend", "--device cuda", "--backends torch"])])
+def test_backends_that_cannot_run_are_one_line_errors(tmp_path, backends, words):
+    root = tmp_path / "ASAPNet"  # enough of a checkout to pass the path check
+    (root / "models" / "networks").mkdir(parents=True)
+    (root / "models" / "networks" / "generator.py").write_text("class ASAPNetsGenerator: pass\n")
+    out = tmp_path / "out"
+    r = script("--official", str(root), "--backends", backends, "--out", str(out))
+    assert_one_line_error(r, *words)
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------------------------
 # the real thing (needs a checkout of tamarott/ASAPNet)
 # --------------------------------------------------------------------------------------------
