@@ -269,6 +269,21 @@ def _describe(rec: dict[str, Any]) -> str:
     return f"{state} {rec['path']} ({rec['mb']} MB, exported in {rec['export_s']} s; parity {par})"
 
 
+def stage_bar(console):
+    """The transient line ``export <stage> <elapsed>`` on ``console`` (off a terminal: none, it would print a
+    blank line). A stage longer than the terminal wraps at spaces once the elapsed time has been left out."""
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+
+    from asapbench.ui import FitProgress
+
+    elapsed = TimeElapsedColumn()
+    return FitProgress(SpinnerColumn(), TextColumn("[bold]export[/bold] {task.description}",
+                                                   table_column=Column(no_wrap=False)), elapsed, drop=(elapsed,),
+                       console=console, transient=True, redirect_stdout=False, redirect_stderr=False,
+                       disable=not console.is_terminal)
+
+
 def register(app) -> None:
     """Add the `export` command to the Typer app."""
 
@@ -295,12 +310,9 @@ def register(app) -> None:
     ) -> None:
         """Export a generator to ONNX (fp32/fp16) and TensorRT, checking parity with PyTorch."""
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         err, std = Console(stderr=True), Console()
-        with Progress(SpinnerColumn(), TextColumn("[bold]export[/bold] {task.description}"), TimeElapsedColumn(),
-                      console=err, transient=True, redirect_stdout=False, redirect_stderr=False,
-                      disable=not err.is_terminal) as bar:  # off a terminal the bar would print a blank line
+        with stage_bar(err) as bar:
             task = bar.add_task("starting", total=None)
 
             def log(msg: str) -> None:
