@@ -567,28 +567,28 @@ def _summary(rows) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        models: Annotated[Optional[list[str]], typer.Option("--models", "-m", help="Models, comma-separated or repeated (default: asapnet,pix2pixhd,spade; see `asapbench models --tiny`).")] = None,
-        res: Annotated[Optional[list[str]], typer.Option("--res", "-r", help="Resolution HxW or N (NxN); repeatable; 'paper' = 256x512,512x512,512x1024,1024x1024,1024x2048,2048x2048 (default 256x512).")] = None,
-        backends: Annotated[Optional[list[str]], typer.Option("--backends", "-b", help="torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt (default: every one available on the device).")] = None,
-        precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 and/or bf16 (default: fp32 on the CPU, fp32,fp16 on CUDA). fp16: CUDA only. bf16: CPU only, torch and torch-compile, on CPUs with AVX-512 BF16 or AMX (else an 'unsupported' row); each bf16 cell must first match fp32 torch (PSNR >= 40 dB, no NaN/Inf) or it is an 'error' row, not a time.")] = None,
-        device: Annotated[str, typer.Option("--device", "-d", help="auto, cpu or cuda.")] = "auto",
-        batch: Annotated[int, typer.Option("--batch", help="Images per forward call.")] = 1,
-        warmup: Annotated[Optional[int], typer.Option("--warmup", help="Warm-up runs, at least (default: 2 on CPU, 10 on CUDA).")] = None,
-        warmup_seconds: Annotated[Optional[float], typer.Option("--warmup-seconds", help="Warm-up seconds, at least (default: 0 on CPU, 1 on CUDA).")] = None,
-        iters: Annotated[Optional[int], typer.Option("--iters", "-n", help="Timed runs, at least (default: 10 on CPU, 50 on CUDA).")] = None,
-        min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Timed seconds, at least (default: 3 on CPU and CUDA).")] = None,
-        e2e_iters: Annotated[Optional[int], typer.Option("--e2e-iters", help="End-to-end runs (host to host), 0 to skip (default: 5 on CPU, 20 on CUDA).")] = None,
-        budget: Annotated[float, typer.Option("--budget", help="Per-cell seconds for warm-up, timed and end-to-end runs; a cell over it gets status 'budget' (0: none).")] = DEFAULT_BUDGET_S,
-        checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="MODEL=PATH: time these weights (their configuration is kept at every resolution).")] = None,
-        cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Replay a captured CUDA graph (torch, onnxruntime CUDA, TensorRT).")] = False,
-        threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
-        cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="ONNX/engine cache (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Seed for weights and the synthetic label map.")] = 0,
-        export_check: Annotated[bool, typer.Option("--export-check/--no-export-check", help="Compare each new ONNX export with PyTorch before timing it.")] = True,
-        trt: Annotated[str, typer.Option("--trt", help="TensorRT flavour for --backends tensorrt: auto (whichever is installed), tensorrt (enterprise) or rtx (TensorRT for RTX).")] = "auto",
-        input: Annotated[InputKind, typer.Option("--input", help=INPUT_HELP)] = InputKind.onehot,
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for bench.csv, bench.md, bench.json and latency_vs_megapixels.png.")] = Path(DEFAULT_OUT),
-        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
+        models: Annotated[Optional[list[str]], typer.Option("--models", "-m", metavar="NAMES", help="Models, comma-separated or repeated (default: asapnet, pix2pixhd, spade; see `asapbench models --tiny`).")] = None,
+        res: Annotated[Optional[list[str]], typer.Option("--res", "-r", metavar="RES", help="Resolution HxW or N (NxN); repeatable; 'paper' = 256x512, 512x512, 512x1024, 1024x1024, 1024x2048, 2048x2048 (default 256x512).")] = None,
+        backends: Annotated[Optional[list[str]], typer.Option("--backends", "-b", metavar="NAMES", help="torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt (default: every one available on the device).")] = None,
+        precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", metavar="NAMES", help="fp32, fp16 and/or bf16 (default: fp32 on the CPU, fp32 and fp16 on CUDA). fp16: CUDA only. bf16: CPU only, torch and torch-compile, on CPUs with AVX-512 BF16 or AMX (else an 'unsupported' row); each bf16 cell must first match fp32 torch (PSNR >= 40 dB, no NaN/Inf) or it is an 'error' row, not a time.")] = None,
+        device: Annotated[str, typer.Option("--device", "-d", metavar="NAME", help="auto, cpu or cuda.")] = "auto",
+        batch: Annotated[int, typer.Option("--batch", metavar="N", help="Images per forward call.")] = 1,
+        warmup: Annotated[Optional[int], typer.Option("--warmup", metavar="N", rich_help_panel="Timing loop", help="Warm-up runs, at least (default: 2 on CPU, 10 on CUDA).")] = None,
+        warmup_seconds: Annotated[Optional[float], typer.Option("--warmup-seconds", metavar="S", rich_help_panel="Timing loop", help="Warm-up seconds, at least (default: 0 on CPU, 1 on CUDA).")] = None,
+        iters: Annotated[Optional[int], typer.Option("--iters", "-n", metavar="N", rich_help_panel="Timing loop", help="Timed runs, at least (default: 10 on CPU, 50 on CUDA).")] = None,
+        min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", metavar="S", rich_help_panel="Timing loop", help="Timed seconds, at least (default: 3 on CPU and CUDA).")] = None,
+        e2e_iters: Annotated[Optional[int], typer.Option("--e2e-iters", metavar="N", rich_help_panel="Timing loop", help="End-to-end runs (host to host), 0 to skip (default: 5 on CPU, 20 on CUDA).")] = None,
+        budget: Annotated[float, typer.Option("--budget", metavar="S", rich_help_panel="Timing loop", help="Per-cell seconds for warm-up, timed and end-to-end runs; a cell over it gets status 'budget' (0: none).")] = DEFAULT_BUDGET_S,
+        checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", metavar="M=PATH", help="MODEL=PATH: time these weights (their configuration is kept at every resolution).")] = None,
+        cuda_graph: Annotated[bool, typer.Option("--cuda-graph", metavar="", rich_help_panel="Timing loop", help="Replay a captured CUDA graph (torch, onnxruntime CUDA, TensorRT).")] = False,
+        threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", rich_help_panel="Timing loop", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
+        cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", metavar="DIR", rich_help_panel="Output", help="ONNX/engine cache (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
+        seed: Annotated[int, typer.Option("--seed", metavar="N", rich_help_panel="Timing loop", help="Seed for weights and the synthetic label map.")] = 0,
+        export_check: Annotated[bool, typer.Option("--export-check/--no-export-check", metavar="", rich_help_panel="Output", help="Compare each new ONNX export with PyTorch before timing it.")] = True,
+        trt: Annotated[str, typer.Option("--trt", metavar="NAME", help="TensorRT flavour for --backends tensorrt: auto (whichever is installed), tensorrt (enterprise) or rtx (TensorRT for RTX).")] = "auto",
+        input: Annotated[InputKind, typer.Option("--input", metavar="KIND", help=INPUT_HELP)] = InputKind.onehot,
+        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder for bench.csv, bench.md, bench.json and latency_vs_megapixels.png.")] = Path(DEFAULT_OUT),
+        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", metavar="", rich_help_panel="Output", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
     ) -> None:
         """Time models x resolutions x backends x precisions; write CSV, markdown, JSON and a plot."""
         rows = run_benchmark(
@@ -604,7 +604,7 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report_cmd(
         csvs: Annotated[list[Path], typer.Argument(help="bench.csv files written by `asapbench run`, or the folders holding them.")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(DEFAULT_OUT) / "report",
+        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder.")] = Path(DEFAULT_OUT) / "report",
     ) -> None:
         """Merge bench.csv files and render bench.csv, bench.md, bench.json and the plot again."""
         paths = report(csvs, out)
