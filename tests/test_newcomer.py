@@ -78,6 +78,8 @@ def test_run_progress_line_shows_the_forecast_at_80_columns(monkeypatch):
     assert "sweep ~21 min left" in text and "cell ~2 min" in text, text
     assert "…" not in text and all(w in text.split() for w in f"{LONG_CELL}: end-to-end 12".split()), text
     assert max(len(ln) for ln in text.splitlines()) <= 80
+    d.progress.update(d.task, completed=12)
+    assert "left" not in rendered(d._render())  # a finished sweep forecasts nothing
 
 
 def test_forecast_counts_down_and_never_below_the_cells_after_this_one():

@@ -366,7 +366,8 @@ def _eta_column():
 
     class EtaColumn(ProgressColumn):
         def render(self, task) -> Text:
-            return Text(_eta_text(task.fields.get("eta"), task.get_time()), style="progress.remaining")
+            text = "" if task.finished else _eta_text(task.fields.get("eta"), task.get_time())
+            return Text(text, style="progress.remaining")
 
     return EtaColumn()
 
