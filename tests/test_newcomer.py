@@ -234,3 +234,24 @@ def test_help_at_80_columns_keeps_every_option_whole(command):
     for key, words in wide.items():  # a wrapped row has the same words; a cut or broken one does not
         assert narrow[key] == words, (key, sorted((narrow[key] - words).elements()),
                                       sorted((words - narrow[key]).elements()), text)
+    for opt, choices in _choices(command).items():  # a short metavar hides no choice: the help names each
+        named = set(re.findall(r"[\w-]+", " ".join(narrow[opt].elements())))
+        assert set(choices) <= named, (opt, choices, text)
+
+
+def _choices(command: str) -> dict[str, list[str]]:
+    """The options of ``command`` that take one of a fixed set of values: {long name: the values}."""
+    import typer
+
+    from asapbench.cli import app
+
+    cmd = typer.main.get_command(app)
+    if command:
+        cmd = cmd.commands[command]
+    out = {}
+    for p in cmd.params:
+        desc = getattr(p, "type_descriptor", None)  # typer >= 0.2x; click's own options have p.type
+        choices = desc.choices if desc is not None and desc.is_choice else getattr(getattr(p, "type", None), "choices", None)
+        if choices and p.opts[0].startswith("--"):
+            out[p.opts[0]] = [getattr(c, "value", c) for c in choices]
+    return out
