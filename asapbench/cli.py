@@ -32,6 +32,22 @@ def _register() -> None:
 _register()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from asapbench.versions import asapbench_version
+
+        print(f"asapbench {asapbench_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the asapbench version and exit."),
+) -> None:
+    """Options of the program itself (the commands have their own)."""
+
+
 def _err(msg: str, code: int = 2) -> None:
     print(f"asapbench: error: {msg}", file=sys.stderr)
     raise SystemExit(code) from None

@@ -655,6 +655,20 @@ def _bars(ax, df: pd.DataFrame, machines: list[str]) -> None:
     ax.grid(True, axis="x", which="both", alpha=0.3)
 
 
+def _input_groups(df) -> list[str]:
+    """Per row: "" where its model's rows all take the same input channels, else the row's group, e.g.
+    "cityscapes, cityscapes-1024: 36 ch" (the presets of the model with that many input channels), so
+    that the plot draws ASAP-Net's Cityscapes and facades presets as separate, labelled lines."""
+    nc = ["?" if _missing(v) else str(int(v)) for v in df.input_nc.tolist()]
+    several = {m for m in _ordered(df.model) if len({c for c, mm in zip(nc, df.model) if mm == m}) > 1}
+    presets: dict[tuple[str, str], list[str]] = {}
+    for m, c, p in zip(df.model, nc, df.preset):
+        presets.setdefault((m, c), [])
+        if not _missing(p) and p and p not in presets[(m, c)]:
+            presets[(m, c)].append(str(p))
+    return [f"{', '.join(presets[(m, c)])}: {c} ch" if m in several else "" for m, c in zip(df.model, nc)]
+
+
 def plot_png(rows: Sequence[BenchRow]) -> bytes:
     """The PNG bytes of latency_vs_megapixels.png (see :func:`plot_latency`)."""
     import matplotlib
@@ -676,14 +690,16 @@ def plot_png(rows: Sequence[BenchRow]) -> bytes:
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "P"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    line_of = list(zip(df.model, df.label, df.precision, df.device, df.machine))
+    groups = _input_groups(df)  # presets of other input channels are other lines, never joined
+    line_of = list(zip(df.model, groups, df.label, df.precision, df.device, df.machine))
     lines = _ordered(line_of)
     variants = _ordered(line[1:] for line in lines)
     points = list(zip(df.height * df.width / 1e6, df.ms_per_image.tolist()))
     for key in lines:
         pts = sorted(pt for pt, line in zip(points, line_of) if line == key)
         mi, vi = models.index(key[0]), variants.index(key[1:])
-        label = f"{key[0]} · {key[1]} {key[2]} ({key[3]}{': ' + key[4] if len(machines) > 1 else ''})"
+        group = f" [{key[1]}]" if key[1] else ""
+        label = f"{key[0]}{group} · {key[2]} {key[3]} ({key[4]}{': ' + key[5] if len(machines) > 1 else ''})"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=styles[vi % len(styles)],
                 marker=markers[vi % len(markers)], color=colors[mi % len(colors)], label=label)
     for (x, y), cov in zip(points, df["cov"].tolist()):

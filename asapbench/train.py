@@ -120,7 +120,7 @@ class TrainConfig:
 
 
 DEFAULTS: dict[str, Any] = {
-    "batch_size": 1, "amp": False, "save_every": 1000, "sample_every": 500, "seed": 0, "lambda_feat": 10.0,
+    "batch_size": 1, "amp": False, "save_every": None, "sample_every": 500, "seed": 0, "lambda_feat": 10.0,
     "lambda_vgg": 10.0, "lambda_l1": 0.0, "lr_g": 1e-4, "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.999,
     "decay_fraction": 1 / 3, "init_gain": 0.02, "d_spectral": True, "ndf": 64, "preprocess": "fixed", "flip": True,
     "split": "train", "synthetic_size": 100, "workers": 0, "progress": True,
@@ -130,6 +130,12 @@ DEFAULT_EPOCHS = 300  # the paper: 300 epochs, linear decay over the last 100
 #: settings that may change when a run is resumed; all others must match the saved run
 RESUME_CHANGEABLE = {"out", "resume", "epochs", "steps", "save_every", "sample_every", "workers", "device",
                      "progress", "data", "vgg_weights", "stop_after"}
+
+
+def auto_save_every(total_steps: int) -> int:
+    """The default ``--save-every``: a tenth of the run's steps, at most 1000 (a short run saves within itself,
+    a long one does not write its checkpoints every few seconds)."""
+    return max(1, min(1000, -(-int(total_steps) // 10)))
 
 
 def _parse_hw(text: str | None, what: str) -> tuple[int, int] | None:
@@ -183,7 +189,7 @@ def resolve_config(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> Tra
     if out.model is None or out.dataset is None or out.out is None:
         raise UserError("training needs --model, --dataset and --out")
     for name in ("batch_size", "save_every", "sample_every", "synthetic_size", "ndf"):
-        if getattr(out, name) < 1:
+        if getattr(out, name) is not None and getattr(out, name) < 1:  # save_every None: auto_save_every
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(out, name)}")
     if cfg.stop_after is None:
         out.stop_after = None  # never carried over from the saved run
@@ -941,26 +947,30 @@ def _mean_over_ranks(losses: torch.Tensor, stop_here: bool, dist: _Dist) -> tupl
 # the loop
 # ----------------------------------------------------------------------------------------------
 def _progress_bar(run: _Run):
-    """The rich progress bar (rank 0, unless ``--no-progress``)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """The rich progress bar (rank 0, unless ``--no-progress``): ``train``, the bar, steps done of all, elapsed
+    and remaining time, then the epoch, G and D losses with their terms, and the speed. A narrow terminal
+    loses the loss terms, the elapsed time, the epoch and the bar (in that order) before any number is cut."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=run.console,
-                    disable=not (run.dist.main and run.cfg.progress), transient=False)
+    from asapbench.ui import FitProgress
+
+    bar, elapsed = BarColumn(bar_width=30), TimeElapsedColumn()
+    epoch, terms = TextColumn("{task.fields[epoch]}"), TextColumn("{task.fields[terms]}")
+    return FitProgress(TextColumn("[bold]train[/bold]"), bar, MofNCompleteColumn(), elapsed, TimeRemainingColumn(),
+                       epoch, TextColumn("{task.fields[losses]}"), terms, TextColumn("{task.fields[speed]}"),
+                       drop=(terms, elapsed, epoch, bar), console=run.console,
+                       disable=not (run.dist.main and run.cfg.progress), transient=False)
 
 
-def _progress_info(epoch: int, last: dict[str, float], ips: float, with_vgg: bool) -> str:
-    """The progress bar's text: epoch, G losses, D loss, speed."""
+#: the progress bar's text fields before the first step
+NO_INFO = {"epoch": "", "losses": "", "terms": "", "speed": ""}
+
+
+def _progress_info(epoch: int, last: dict[str, float], ips: float, with_vgg: bool) -> dict[str, str]:
+    """The progress bar's text fields: epoch, G and D losses, G's terms, speed."""
     vgg = f" vgg {last['G_VGG']:.3f}" if with_vgg else ""
-    return (f"ep {epoch} G {last['G_total']:.3f} (gan {last['G_GAN']:.3f} feat {last['G_feat']:.3f}{vgg}) "
-            f"D {last['D_real'] + last['D_fake']:.3f} | {ips:.2f} img/s")
+    return {"epoch": f"ep {epoch}", "losses": f"G {last['G_total']:.3f} D {last['D_real'] + last['D_fake']:.3f}",
+            "terms": f"(G: gan {last['G_GAN']:.3f} feat {last['G_feat']:.3f}{vgg})", "speed": f"{ips:.2f} img/s"}
 
 
 @dataclass
@@ -979,7 +989,7 @@ def _loop(run: _Run, log: _LossLog, stop: _StopOnSignal) -> _LoopEnd:
     it = None
     try:
         with _progress_bar(run) as progress:
-            task = progress.add_task("train", total=data.total, completed=pos.step, info="")
+            task = progress.add_task("train", total=data.total, completed=pos.step, **NO_INFO)
             while pos.step < data.total:
                 if it is None:
                     data.sampler.set_position(pos.epoch, pos.batch_in_epoch * cfg.batch_size)
@@ -1004,7 +1014,7 @@ def _loop(run: _Run, log: _LossLog, stop: _StopOnSignal) -> _LoopEnd:
                     pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
                     it = None
                 progress.update(task, completed=pos.step,
-                                info=_progress_info(pos.epoch, end.last, ips, run.models.vgg_loss is not None))
+                                **_progress_info(pos.epoch, end.last, ips, run.models.vgg_loss is not None))
                 stopping = stop_asked or (cfg.stop_after is not None and pos.steps_here() >= cfg.stop_after)
                 if pos.step % cfg.save_every == 0 or pos.step == data.total or stopping:
                     _save_checkpoint(run, log)
@@ -1020,8 +1030,10 @@ def _finish(run: _Run, log: _LossLog, stop_sig: int | None, end: _LoopEnd) -> Tr
     """Report how the run ended (saving once more if it stopped after its last save) as a TrainResult."""
     cfg, pos, total, out = run.cfg, run.pos, run.data.total, run.out
     interrupted = None
-    if pos.step < total and stop_sig is None and cfg.stop_after is not None:
-        run.say(f"stopped after {cfg.stop_after} steps as asked (--stop-after), at step {pos.step}/{total}; "
+    mean_ips = float(np.mean(end.speeds)) if end.speeds else None
+    speed = f", {mean_ips:.2f} img/s" if mean_ips else ""
+    if pos.step < total and stop_sig is None and cfg.stop_after is not None:  # one line, no "done:" after it
+        run.say(f"stopped after {cfg.stop_after} steps as asked (--stop-after), at step {pos.step}/{total}{speed}; "
                 f"checkpoint saved in {str(out)!r}; continue with --resume")
     elif stop_sig is not None or (run.dist.enabled and pos.step < total):
         if end.saved_at != pos.step:
@@ -1029,10 +1041,8 @@ def _finish(run: _Run, log: _LossLog, stop_sig: int | None, end: _LoopEnd) -> Tr
         interrupted = signal.Signals(stop_sig).name if stop_sig is not None else "SIGTERM"
         run.say(f"stopped by {interrupted} at step {pos.step}/{total}; checkpoint saved in {str(out)!r}; "
                 "continue with --resume")
-    mean_ips = float(np.mean(end.speeds)) if end.speeds else None
-    if interrupted is None:
-        run.say(f"done: {pos.step} steps" + (f", {mean_ips:.2f} img/s" if mean_ips else "")
-                + f"; generator in {str(out / GEN_FILE)!r}")
+    else:
+        run.say(f"done: {pos.step} steps{speed}; generator in {str(out / GEN_FILE)!r}")
     return TrainResult(out=out, step=pos.step, epoch=pos.epoch, total_steps=total, interrupted=interrupted,
                        images_per_s=mean_ips, last=end.last, checkpoint=out / GEN_FILE, resumed_from=pos.resumed_from)
 
@@ -1206,6 +1216,8 @@ def _train(cfg: TrainConfig, out: Path, saved_state, dist: _Dist, console) -> Tr
     ds_spec = describe_dataset(cfg.dataset, cfg.data, cfg.label_nc, cfg.split)
     models = _build_models(cfg, ds_spec, dist, device, say, console)
     data = _build_data(cfg, models, dist, device)
+    if cfg.save_every is None:
+        cfg.save_every = auto_save_every(data.total)
     optim = _build_optim(cfg, models, data.total, device)
     pos = _restore(saved_state, cfg, out, models, optim, data, dist, say)
     _wrap_for_ddp(models, dist, device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -345,12 +346,12 @@ def test_train_help_shows_defaults_in_the_style_of_the_other_commands():
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     text = p.stdout
-    for needle in ("[default: 1]", "[default: 1000]", "[default: 500]", "[default: 0]", "[default: 300]",
+    for needle in ("[default: 1]", "[default: a tenth of the steps, at most 1000]", "[default: 500]", "[default: 0]", "[default: 300]",
                    "[default: 0.0001]", "[default: 0.0004]", "[default: fixed]", "[default: train]",
                    "[default: 100]", "[default: 64]"):
         assert needle in text, needle
     rows = [ln for ln in text.splitlines() if ln.lstrip("│ ").startswith("--") and "--help" not in ln]
     assert len(rows) >= 30
-    helps = [ln.split(">", 1)[-1].strip(" │") for ln in rows]
+    helps = [re.split(r"\s{2,}", ln.strip(" │"))[-1] for ln in rows]  # after the names and the metavar
     assert all(h[:1].isupper() for h in helps), [h for h in helps if not h[:1].isupper()]
     assert all(h.split("[default")[0].rstrip().endswith((".", ")")) for h in helps), helps

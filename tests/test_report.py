@@ -216,3 +216,32 @@ def test_report_cli_merges(tmp_path, rows):
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_plot_draws_presets_of_other_input_channels_as_separate_labelled_lines(monkeypatch):
+    """ASAP-Net's Cityscapes presets (36 input channels) and its facades preset (3) are different models: the
+    plot must not join them into one line; presets of the same input channels stay one line."""
+    from matplotlib.axes import Axes
+
+    from asapbench.report import plot_png
+
+    drawn = []
+    plot = Axes.plot
+
+    def record(self, *args, **kw):
+        if kw.get("label"):
+            drawn.append((kw["label"], list(args[0])))
+        return plot(self, *args, **kw)
+
+    monkeypatch.setattr(Axes, "plot", record)
+    rows = [_row("asapnet", 256, 512, 10.0, preset="cityscapes", input_nc=36),
+            _row("asapnet", 512, 1024, 40.0, preset="cityscapes-1024", input_nc=36),
+            _row("asapnet", 1024, 1024, 30.0, preset="facades1024", input_nc=3),
+            _row("spade", 256, 512, 50.0, input_nc=36), _row("spade", 512, 1024, 200.0, input_nc=36)]
+    plot_png(rows)
+    labels = {label: xs for label, xs in drawn}
+    assert len(drawn) == 3, drawn
+    city = [xs for label, xs in labels.items() if label.startswith("asapnet") and "cityscapes, cityscapes-1024: 36 ch" in label]
+    facades = [xs for label, xs in labels.items() if label.startswith("asapnet") and "facades1024: 3 ch" in label]
+    assert city and len(city[0]) == 2 and facades and len(facades[0]) == 1, labels
+    assert any(label.startswith("spade ·") for label in labels)  # one input group: the label as before

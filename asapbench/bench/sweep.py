@@ -308,7 +308,8 @@ def _time_e2e(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: SweepConfig, d
 class SweepEvent:
     """What the sweep tells its renderer: ``start`` (``total`` cells), ``cell`` (``text`` = the cell's
     label, ``index`` its number from 1, ``eta_s`` the forecast seconds left in the sweep and ``cell_eta_s``
-    this cell's, None when unknown), ``row`` (a finished ``row``) or ``warning`` (``text``)."""
+    this cell's, None when unknown), ``row`` (a finished ``row``, its ``index`` and in ``eta_s`` the forecast
+    for the cells after it) or ``warning`` (``text``)."""
 
     kind: str
     text: str = ""
@@ -425,7 +426,8 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
                 row.cell_s = time.perf_counter() - t_cell
                 if ran:
                     spent.append(row.cell_s)
-                yield SweepEvent("row", row=row)
+                after = (sum(spent) / len(spent)) * (total - index) if spent else None
+                yield SweepEvent("row", row=row, index=index, eta_s=after)
                 if row.status == "ok" and row.cov is not None and row.cov > COV_WARN:
                     yield SweepEvent("warning", text=(
                         f"{row.model} {row.res} {row.backend} {row.precision}: CoV {row.cov:.1%} > {COV_WARN:.0%}; "

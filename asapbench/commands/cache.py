@@ -54,9 +54,9 @@ def _mib(n: int) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("cache")
     def cache_cmd(
-        cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
-        clear: Annotated[bool, typer.Option("--clear", help="Delete every cached ONNX export and TensorRT engine (asks first).")] = False,
-        yes: Annotated[bool, typer.Option("--yes", "-y", help="With --clear: do not ask.")] = False,
+        cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", metavar="DIR", help="Cache folder (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
+        clear: Annotated[bool, typer.Option("--clear", metavar="", help="Delete every cached ONNX export and TensorRT engine (asks first).")] = False,
+        yes: Annotated[bool, typer.Option("--yes", "-y", metavar="", help="With --clear: do not ask.")] = False,
     ) -> None:
         """List the cached ONNX exports and TensorRT engines with their sizes; --clear deletes them."""
         import sys

@@ -277,15 +277,15 @@ def register(app) -> None:
     @app.command("engines", no_args_is_help=True)
     def engines_cli(
         onnx: Annotated[list[str], typer.Argument(help="ONNX files or folders of them (from `asapbench export`).")],
-        trt: Annotated[str, typer.Option("--trt", help="TensorRT flavour: auto, tensorrt or rtx.")] = "auto",
-        target_sm: Annotated[str | None, typer.Option("--target-sm", help="Compute capabilities, e.g. 86,89,120 (TensorRT-RTX; default 86,89,120).")] = None,
-        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="Builder workspace limit (GiB; a limit, not an allocation); 12 fits every engine of results/trt-build.")] = 12.0,
-        out: Annotated[str, typer.Option("--out", "-o", help="Report folder (build.json, build.csv, build.md).")] = "results/trt-build",
-        work: Annotated[str | None, typer.Option("--work", help="Engine folder (default: <first ONNX folder>/engines).")] = None,
-        keep_engines: Annotated[bool, typer.Option("--keep-engines/--no-keep-engines", help="Keep the built engines (they are large).")] = True,
-        max_res: Annotated[str | None, typer.Option("--max-res", help="Dynamic ONNX files: the profile's opt = max resolution (min: the export resolution).")] = None,
-        note: Annotated[list[str] | None, typer.Option("--note", help="A line for the report's notes (e.g. why a cell is missing); repeatable, kept across runs.")] = None,
-        clear_notes: Annotated[bool, typer.Option("--clear-notes", help="Drop the report's earlier notes (rows are kept; pass the notes that still hold with --note).")] = False,
+        trt: Annotated[str, typer.Option("--trt", metavar="NAME", help="TensorRT flavour: auto, tensorrt or rtx.")] = "auto",
+        target_sm: Annotated[str | None, typer.Option("--target-sm", metavar="SMS", help="Compute capabilities, e.g. 86,89,120 (TensorRT-RTX; default 86,89,120).")] = None,
+        workspace_gb: Annotated[float, typer.Option("--workspace-gb", metavar="GIB", help="Builder workspace limit (GiB; a limit, not an allocation); 12 fits every engine of results/trt-build.")] = 12.0,
+        out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Report", help="Report folder (build.json, build.csv, build.md).")] = "results/trt-build",
+        work: Annotated[str | None, typer.Option("--work", metavar="DIR", help="Engine folder (default: <first ONNX folder>/engines).")] = None,
+        keep_engines: Annotated[bool, typer.Option("--keep-engines/--no-keep-engines", metavar="", rich_help_panel="Report", help="Keep the built engines (they are large).")] = True,
+        max_res: Annotated[str | None, typer.Option("--max-res", metavar="HxW", help="Dynamic ONNX files: the profile's opt = max resolution (min: the export resolution).")] = None,
+        note: Annotated[list[str] | None, typer.Option("--note", metavar="TEXT", rich_help_panel="Report", help="A line for the report's notes (e.g. why a cell is missing); repeatable, kept across runs.")] = None,
+        clear_notes: Annotated[bool, typer.Option("--clear-notes", metavar="", rich_help_panel="Report", help="Drop the report's earlier notes (rows are kept; pass the notes that still hold with --note).")] = False,
     ) -> None:
         """Build TensorRT engines for ONNX files, one process each, and report parse/build/memory/precisions."""
         if workspace_gb <= 0:

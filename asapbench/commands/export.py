@@ -269,38 +269,50 @@ def _describe(rec: dict[str, Any]) -> str:
     return f"{state} {rec['path']} ({rec['mb']} MB, exported in {rec['export_s']} s; parity {par})"
 
 
+def stage_bar(console):
+    """The transient line ``export <stage> <elapsed>`` on ``console`` (off a terminal: none, it would print a
+    blank line). A stage longer than the terminal wraps at spaces once the elapsed time has been left out."""
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+
+    from asapbench.ui import FitProgress
+
+    elapsed = TimeElapsedColumn()
+    return FitProgress(SpinnerColumn(), TextColumn("[bold]export[/bold] {task.description}",
+                                                   table_column=Column(no_wrap=False)), elapsed, drop=(elapsed,),
+                       console=console, transient=True, redirect_stdout=False, redirect_stderr=False,
+                       disable=not console.is_terminal)
+
+
 def register(app) -> None:
     """Add the `export` command to the Typer app."""
 
     @app.command("export", no_args_is_help=True)
     def export_cli(
-        model: Annotated[str, typer.Option("--model", "-m", help="Registered generator (see `asapbench models`).")],
-        res: Annotated[list[str], typer.Option("--res", "-r", help="Resolution: 1024 (square), HxW such as 256x512, or 'paper'; repeatable.")],
-        engine: Annotated[Engine, typer.Option("--engine", "-e", help="onnx: ONNX only; trt: ONNX + TensorRT engines; all: both, skipping TensorRT where it cannot run.")] = Engine.onnx,
-        precision: Annotated[Precision, typer.Option("--precision", help="fp32, or fp16 compute with fp32 input/output (InstanceNorm etc. stay fp32).")] = Precision.fp32,
-        preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset (default: the paper's configuration for each --res).")] = None,
-        checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Generator .pth (official or from `asapbench train`); default: random weights.")] = None,
-        dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch/height/width (one ONNX; a min/opt/max TensorRT profile over the --res values).")] = False,
-        out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = DEFAULT_OUT,
-        check: Annotated[bool, typer.Option("--check/--no-check", help="Parity gate against PyTorch in onnxruntime.")] = True,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of random weights and of the parity inputs.")] = 0,
-        workspace_gb: Annotated[float, typer.Option("--workspace-gb", help="TensorRT builder workspace limit (GiB; a limit, not an allocation); 12 fits every engine of results/trt-build (SPADE fp16 at 2048x2048 needs 11).")] = 12.0,
-        trt: Annotated[TrtFlavour, typer.Option("--trt", help="TensorRT flavour: auto (whichever is installed), tensorrt (enterprise 10.x/11.x: every GPU, builds on it) or rtx (TensorRT for RTX: builds without a GPU, runs on RTX GPUs).")] = TrtFlavour.auto,
-        target_sm: Annotated[Optional[str], typer.Option("--target-sm", help="Compute capabilities to build for, e.g. 86,89,120 (TensorRT-RTX; default its portable set 86,89,120). Enterprise TensorRT builds for this GPU only.")] = None,
-        batch: Annotated[int, typer.Option("--batch", help="Batch size of the exported graph (static), or the optimum (dynamic).")] = 1,
-        opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 20).")] = None,
-        force: Annotated[bool, typer.Option("--force", help="Re-export and rebuild even when a matching file exists.")] = False,
-        parity_labels: Annotated[Optional[Path], typer.Option("--parity-labels", help="Folder of label-map PNGs (e.g. Cityscapes *_labelIds.png) to gate parity on, besides the built-in synthetic label maps.")] = None,
-        input: Annotated[InputKind, typer.Option("--input", help=INPUT_HELP)] = InputKind.onehot,
+        model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Registered generator (see `asapbench models`).")],
+        res: Annotated[list[str], typer.Option("--res", "-r", metavar="RES", help="Resolution: 1024 (square), HxW such as 256x512, or 'paper'; repeatable.")],
+        engine: Annotated[Engine, typer.Option("--engine", "-e", metavar="KIND", help="onnx: ONNX only; trt: ONNX + TensorRT engines; all: both, skipping TensorRT where it cannot run.")] = Engine.onnx,
+        precision: Annotated[Precision, typer.Option("--precision", metavar="NAME", help="fp32, or fp16 compute with fp32 input/output (InstanceNorm etc. stay fp32).")] = Precision.fp32,
+        preset: Annotated[Optional[str], typer.Option("--preset", "-p", metavar="NAME", help="Preset (default: the paper's configuration for each --res).")] = None,
+        checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", metavar="FILE", help="Generator .pth (official or from `asapbench train`); default: random weights.")] = None,
+        dynamic: Annotated[bool, typer.Option("--dynamic", metavar="", rich_help_panel="ONNX", help="Dynamic batch/height/width (one ONNX; a min/opt/max TensorRT profile over the --res values).")] = False,
+        out: Annotated[str, typer.Option("--out", "-o", metavar="DIR", help="Output folder.")] = DEFAULT_OUT,
+        check: Annotated[bool, typer.Option("--check/--no-check", metavar="", rich_help_panel="ONNX", help="Parity gate against PyTorch in onnxruntime.")] = True,
+        seed: Annotated[int, typer.Option("--seed", metavar="N", rich_help_panel="ONNX", help="Seed of random weights and of the parity inputs.")] = 0,
+        workspace_gb: Annotated[float, typer.Option("--workspace-gb", metavar="GIB", rich_help_panel="TensorRT", help="TensorRT builder workspace limit (GiB; a limit, not an allocation); 12 fits every engine of results/trt-build (SPADE fp16 at 2048x2048 needs 11).")] = 12.0,
+        trt: Annotated[TrtFlavour, typer.Option("--trt", metavar="NAME", rich_help_panel="TensorRT", help="TensorRT flavour: auto (whichever is installed), tensorrt (enterprise 10.x/11.x: every GPU, builds on it) or rtx (TensorRT for RTX: builds without a GPU, runs on RTX GPUs).")] = TrtFlavour.auto,
+        target_sm: Annotated[Optional[str], typer.Option("--target-sm", metavar="SMS", rich_help_panel="TensorRT", help="Compute capabilities to build for, e.g. 86,89,120 (TensorRT-RTX; default its portable set 86,89,120). Enterprise TensorRT builds for this GPU only.")] = None,
+        batch: Annotated[int, typer.Option("--batch", metavar="N", rich_help_panel="ONNX", help="Batch size of the exported graph (static), or the optimum (dynamic).")] = 1,
+        opset: Annotated[Optional[int], typer.Option("--opset", metavar="N", rich_help_panel="ONNX", help="ONNX opset (default 20).")] = None,
+        force: Annotated[bool, typer.Option("--force", metavar="", help="Re-export and rebuild even when a matching file exists.")] = False,
+        parity_labels: Annotated[Optional[Path], typer.Option("--parity-labels", metavar="DIR", rich_help_panel="ONNX", help="Folder of label-map PNGs (e.g. Cityscapes *_labelIds.png) to gate parity on, besides the built-in synthetic label maps.")] = None,
+        input: Annotated[InputKind, typer.Option("--input", metavar="KIND", help=INPUT_HELP)] = InputKind.onehot,
     ) -> None:
         """Export a generator to ONNX (fp32/fp16) and TensorRT, checking parity with PyTorch."""
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         err, std = Console(stderr=True), Console()
-        with Progress(SpinnerColumn(), TextColumn("[bold]export[/bold] {task.description}"), TimeElapsedColumn(),
-                      console=err, transient=True, redirect_stdout=False, redirect_stderr=False,
-                      disable=not err.is_terminal) as bar:  # off a terminal the bar would print a blank line
+        with stage_bar(err) as bar:
             task = bar.add_task("starting", total=None)
 
             def log(msg: str) -> None:

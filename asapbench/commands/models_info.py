@@ -68,8 +68,8 @@ def _fmt_int(n: int) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("models")
     def models_cmd(
-        tiny: Annotated[bool, typer.Option("--tiny", help="Also list the tiny test variants.")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        tiny: Annotated[bool, typer.Option("--tiny", metavar="", help="Also list the tiny test variants.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
     ) -> None:
         """List the registered generators, their presets and parameter counts."""
         rows = model_table(include_tiny=tiny)
@@ -89,11 +89,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("info")
     def info_cmd(
-        model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `asapbench models`).")],
-        preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset (default: the paper's configuration for --res, else the model's default).")] = None,
-        res: Annotated[Optional[str], typer.Option("--res", "-r", help="Resolution: 1024 (square) or HxW such as 256x512. Default: the preset's.")] = None,
-        batch: Annotated[int, typer.Option("--batch", help="Batch size for the MAC count.", min=1)] = 1,
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Registered model name (see `asapbench models`).")],
+        preset: Annotated[Optional[str], typer.Option("--preset", "-p", metavar="NAME", help="Preset (default: the paper's configuration for --res, else the model's default).")] = None,
+        res: Annotated[Optional[str], typer.Option("--res", "-r", metavar="RES", help="Resolution: 1024 (square) or HxW such as 256x512. Default: the preset's.")] = None,
+        batch: Annotated[int, typer.Option("--batch", metavar="N", help="Batch size for the MAC count.", min=1)] = 1,
+        as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object.")] = False,
     ) -> None:
         """Params and MACs of a model at a resolution (and ASAP-Net's S1, S2, grid, tile, positional channels)."""
         info = model_info(model, preset, res, batch)

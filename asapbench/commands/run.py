@@ -224,39 +224,55 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None)
 
 
 class SweepDisplay:
-    """Rich progress bar plus a live table of finished rows (stderr); warnings on stderr either way."""
+    """Rich progress bar plus a live table of finished rows (stderr); warnings on stderr either way.
 
-    def __init__(self, enabled: bool) -> None:
+    The bar's line: the cell and its stage, the bar, cells done of all, elapsed time and the forecast
+    (the engine's: this cell from the model's own earlier cells scaled by MACs, the sweep from the mean
+    cell so far), counting down between events. At a narrow terminal the elapsed time, then the bar,
+    are left out and the table drops its least needed columns before any number is cut. Without the
+    bar (stderr not a terminal, or ``--no-progress``) every finished cell prints one line.
+    """
+
+    #: live-table columns (header, justify) and the order in which a narrow terminal drops them
+    COLUMNS = (("model", "left"), ("res", "left"), ("backend", "left"), ("prec", "left"), ("ms median", "right"),
+               ("e2e ms", "right"), ("CoV", "right"), ("MiB", "right"), ("status", "left"))
+    DROP = ("CoV", "MiB", "e2e ms", "status", "prec")
+
+    def __init__(self, enabled: bool, console=None) -> None:
         self.enabled = enabled
         self.rows: list = []
         self.live = None
+        self.total = 0
+        self.done = 0
         if not enabled:
             return
         from rich.console import Console, Group
         from rich.live import Live
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
-        self.console = Console(stderr=True)
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
-        self.task = self.progress.add_task("cells", total=None)
+        from asapbench.ui import FitProgress
+
+        self.console = console or Console(stderr=True)
+        elapsed, bar = TimeElapsedColumn(), BarColumn(bar_width=30)
+        self.progress = FitProgress(SpinnerColumn(), TextColumn("{task.description}", table_column=Column(no_wrap=False)),
+                                    bar, MofNCompleteColumn(), elapsed, _eta_column(), drop=(elapsed, bar),
+                                    console=self.console)
+        self.task = self.progress.add_task("cells", total=None, eta=None)
         self._group = Group
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
 
     def _table(self):
-        from rich.table import Table
+        from asapbench.ui import fit_table
 
-        t = Table(title="finished cells", title_justify="left", show_edge=False, pad_edge=False)
-        for c in ("model", "res", "backend", "prec", "ms median", "e2e ms", "CoV", "MiB", "status"):
-            t.add_column(c, justify="right" if c in ("ms median", "e2e ms", "CoV", "MiB") else "left")
-        for r in self.rows[-15:]:
-            t.add_row(r.model, r.res, r.backend + (" +graph" if r.cuda_graph else ""), r.precision,
-                      f"{r.ms_median:.2f}" if r.ms_median is not None else "",
-                      f"{r.e2e_ms_median:.2f}" if r.e2e_ms_median is not None else "",
-                      f"{r.cov:.1%}" if r.cov is not None else "",
-                      f"{r.peak_mem_mib:.0f}" if r.peak_mem_mib is not None else "",
-                      r.status if r.status == "ok" else f"[red]{r.status}[/red]")
-        return t
+        rows = [(r.model, r.res, r.backend + (" +graph" if r.cuda_graph else ""), r.precision,
+                 f"{r.ms_median:.2f}" if r.ms_median is not None else "",
+                 f"{r.e2e_ms_median:.2f}" if r.e2e_ms_median is not None else "",
+                 f"{r.cov:.1%}" if r.cov is not None else "",
+                 f"{r.peak_mem_mib:.0f}" if r.peak_mem_mib is not None else "",
+                 r.status if r.status == "ok" else f"[red]{r.status}[/red]") for r in self.rows[-15:]]
+        return fit_table(self.console, self.COLUMNS, rows, drop=self.DROP, title="finished cells",
+                         title_justify="left", show_edge=False, pad_edge=False)
 
     def _render(self):
         return self._group(self._table(), self.progress) if self.rows else self._group(self.progress)
@@ -271,23 +287,21 @@ class SweepDisplay:
             self.live.__exit__(*exc)
 
     def start(self, total: int) -> None:
+        self.total = total
         if self.enabled:
             self.progress.update(self.task, total=total)
 
     def phase(self, text: str) -> None:
         if self.enabled:
-            self.progress.update(self.task, description=f"{text}{self.eta}")
-
-    eta = ""
+            self.progress.update(self.task, description=text)
 
     def cell(self, ev) -> None:
-        """A cell starts: its label plus the forecast time left for it and for the sweep."""
-        parts = []
-        if ev.cell_eta_s is not None:
-            parts.append(f"cell ~{_fmt_s(ev.cell_eta_s)}")
-        if ev.eta_s is not None:
-            parts.append(f"sweep ~{_fmt_s(ev.eta_s)} left")
-        self.eta = f" [{'; '.join(parts)}]" if parts else ""
+        """A cell starts: its label, and the forecast time left for it and for the sweep (counted down)."""
+        if self.enabled:
+            left = max(1, self.total - ev.index + 1)  # cells left, this one included
+            eta = {"t0": self.progress.get_time(), "cell_s": ev.cell_eta_s, "sweep_s": ev.eta_s,
+                   "after_s": ev.eta_s * (left - 1) / left if ev.eta_s is not None else None}
+            self.progress.update(self.task, eta=eta)
         self.phase(ev.text)
 
     def reason(self, text: str) -> None:
@@ -301,11 +315,18 @@ class SweepDisplay:
 
             print(f"asapbench: no time: {text}", file=sys.stderr)
 
-    def finished(self, row) -> None:
+    def finished(self, row, eta_s: float | None = None) -> None:
+        """A cell is done; ``eta_s``: the engine's forecast for the cells after it. Without the bar an ``ok``
+        cell prints one line here (a cell without a time prints its :meth:`reason` line instead)."""
         self.rows.append(row)
+        self.done += 1
         if self.enabled:
             self.progress.advance(self.task)
             self.live.update(self._render())
+        elif row.status == "ok":
+            import sys
+
+            print(f"asapbench: {finished_line(row, self.done, self.total, eta_s)}", file=sys.stderr, flush=True)
 
     def warn(self, text: str) -> None:
         if self.enabled:
@@ -314,6 +335,41 @@ class SweepDisplay:
             import sys
 
             print(f"asapbench: warning: {text}", file=sys.stderr)
+
+
+def finished_line(row, done: int, total: int, eta_s: float | None) -> str:
+    """``cell 3/12: asapnet 256x512 torch fp32 cpu: 41.20 ms median (took 9 s; sweep ~2 min left)``."""
+    took = f"took {_fmt_s(row.cell_s)}" if row.cell_s is not None else ""
+    left = "sweep done" if done >= total else (f"sweep ~{_fmt_s(eta_s)} left" if eta_s is not None else "")
+    when = "; ".join(p for p in (took, left) if p)
+    return (f"cell {done}/{total}: {row.model} {row.res} {row.backend} {row.precision} {row.device}: "
+            f"{row.ms_median:.2f} ms median" + (f" ({when})" if when else ""))
+
+
+def _eta_text(eta: dict | None, now: float) -> str:
+    """The forecast column: ``cell ~20 s, sweep ~5 min left``, counted down from the cell's start; the
+    sweep never below the forecast of the cells after this one. Before any forecast: what it waits for."""
+    if not eta:
+        return ""
+    if eta.get("sweep_s") is None:
+        return "ETA after the 1st cell"
+    spent = max(0.0, now - eta["t0"])
+    sweep = max(eta["sweep_s"] - spent, eta["after_s"] or 0.0)
+    cell = eta["cell_s"] - spent if eta.get("cell_s") is not None else None
+    return (f"cell ~{_fmt_s(cell)}, " if cell is not None and cell >= 1 else "") + f"sweep ~{_fmt_s(sweep)} left"
+
+
+def _eta_column():
+    """The progress column that shows :func:`_eta_text` (rich is imported only when the bar is shown)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class EtaColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            text = "" if task.finished else _eta_text(task.fields.get("eta"), task.get_time())
+            return Text(text, style="progress.remaining")
+
+    return EtaColumn()
 
 
 def _fmt_s(seconds: float) -> str:
@@ -441,7 +497,7 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
                     elif ev.kind == "row":
                         rows.append(ev.row)
                         atomic_write_text(out_dir / PARTIAL_CSV, csv_text(rows))
-                        display.finished(ev.row)
+                        display.finished(ev.row, ev.eta_s)
                         if ev.row.status != "ok":
                             display.reason(reason_line(ev.row, cfg))
                     elif ev.kind == "warning":
@@ -513,28 +569,28 @@ def _summary(rows) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        models: Annotated[Optional[list[str]], typer.Option("--models", "-m", help="Models, comma-separated or repeated (default: asapnet,pix2pixhd,spade; see `asapbench models --tiny`).")] = None,
-        res: Annotated[Optional[list[str]], typer.Option("--res", "-r", help="Resolution HxW or N (NxN); repeatable; 'paper' = 256x512,512x512,512x1024,1024x1024,1024x2048,2048x2048 (default 256x512).")] = None,
-        backends: Annotated[Optional[list[str]], typer.Option("--backends", "-b", help="torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt (default: every one available on the device).")] = None,
-        precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", help="fp32, fp16 and/or bf16 (default: fp32 on the CPU, fp32,fp16 on CUDA). fp16: CUDA only. bf16: CPU only, torch and torch-compile, on CPUs with AVX-512 BF16 or AMX (else an 'unsupported' row); each bf16 cell must first match fp32 torch (PSNR >= 40 dB, no NaN/Inf) or it is an 'error' row, not a time.")] = None,
-        device: Annotated[str, typer.Option("--device", "-d", help="auto, cpu or cuda.")] = "auto",
-        batch: Annotated[int, typer.Option("--batch", help="Images per forward call.")] = 1,
-        warmup: Annotated[Optional[int], typer.Option("--warmup", help="Warm-up runs, at least (default: 2 on CPU, 10 on CUDA).")] = None,
-        warmup_seconds: Annotated[Optional[float], typer.Option("--warmup-seconds", help="Warm-up seconds, at least (default: 0 on CPU, 1 on CUDA).")] = None,
-        iters: Annotated[Optional[int], typer.Option("--iters", "-n", help="Timed runs, at least (default: 10 on CPU, 50 on CUDA).")] = None,
-        min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Timed seconds, at least (default: 3 on CPU and CUDA).")] = None,
-        e2e_iters: Annotated[Optional[int], typer.Option("--e2e-iters", help="End-to-end runs (host to host), 0 to skip (default: 5 on CPU, 20 on CUDA).")] = None,
-        budget: Annotated[float, typer.Option("--budget", help="Per-cell seconds for warm-up, timed and end-to-end runs; a cell over it gets status 'budget' (0: none).")] = DEFAULT_BUDGET_S,
-        checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", help="MODEL=PATH: time these weights (their configuration is kept at every resolution).")] = None,
-        cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Replay a captured CUDA graph (torch, onnxruntime CUDA, TensorRT).")] = False,
-        threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
-        cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="ONNX/engine cache (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Seed for weights and the synthetic label map.")] = 0,
-        export_check: Annotated[bool, typer.Option("--export-check/--no-export-check", help="Compare each new ONNX export with PyTorch before timing it.")] = True,
-        trt: Annotated[str, typer.Option("--trt", help="TensorRT flavour for --backends tensorrt: auto (whichever is installed), tensorrt (enterprise) or rtx (TensorRT for RTX).")] = "auto",
-        input: Annotated[InputKind, typer.Option("--input", help=INPUT_HELP)] = InputKind.onehot,
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for bench.csv, bench.md, bench.json and latency_vs_megapixels.png.")] = Path(DEFAULT_OUT),
-        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
+        models: Annotated[Optional[list[str]], typer.Option("--models", "-m", metavar="NAMES", help="Models, comma-separated or repeated (default: asapnet, pix2pixhd, spade; see `asapbench models --tiny`).")] = None,
+        res: Annotated[Optional[list[str]], typer.Option("--res", "-r", metavar="RES", help="Resolution HxW or N (NxN); repeatable; 'paper' = 256x512, 512x512, 512x1024, 1024x1024, 1024x2048, 2048x2048 (default 256x512).")] = None,
+        backends: Annotated[Optional[list[str]], typer.Option("--backends", "-b", metavar="NAMES", help="torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt (default: every one available on the device).")] = None,
+        precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", metavar="NAMES", help="fp32, fp16 and/or bf16 (default: fp32 on the CPU, fp32 and fp16 on CUDA). fp16: CUDA only. bf16: CPU only, torch and torch-compile, on CPUs with AVX-512 BF16 or AMX (else an 'unsupported' row); each bf16 cell must first match fp32 torch (PSNR >= 40 dB, no NaN/Inf) or it is an 'error' row, not a time.")] = None,
+        device: Annotated[str, typer.Option("--device", "-d", metavar="NAME", help="auto, cpu or cuda.")] = "auto",
+        batch: Annotated[int, typer.Option("--batch", metavar="N", help="Images per forward call.")] = 1,
+        warmup: Annotated[Optional[int], typer.Option("--warmup", metavar="N", rich_help_panel="Timing loop", help="Warm-up runs, at least (default: 2 on CPU, 10 on CUDA).")] = None,
+        warmup_seconds: Annotated[Optional[float], typer.Option("--warmup-seconds", metavar="S", rich_help_panel="Timing loop", help="Warm-up seconds, at least (default: 0 on CPU, 1 on CUDA).")] = None,
+        iters: Annotated[Optional[int], typer.Option("--iters", "-n", metavar="N", rich_help_panel="Timing loop", help="Timed runs, at least (default: 10 on CPU, 50 on CUDA).")] = None,
+        min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", metavar="S", rich_help_panel="Timing loop", help="Timed seconds, at least (default: 3 on CPU and CUDA).")] = None,
+        e2e_iters: Annotated[Optional[int], typer.Option("--e2e-iters", metavar="N", rich_help_panel="Timing loop", help="End-to-end runs (host to host), 0 to skip (default: 5 on CPU, 20 on CUDA).")] = None,
+        budget: Annotated[float, typer.Option("--budget", metavar="S", rich_help_panel="Timing loop", help="Per-cell seconds for warm-up, timed and end-to-end runs; a cell over it gets status 'budget' (0: none).")] = DEFAULT_BUDGET_S,
+        checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", metavar="M=PATH", help="MODEL=PATH: time these weights (their configuration is kept at every resolution).")] = None,
+        cuda_graph: Annotated[bool, typer.Option("--cuda-graph", metavar="", rich_help_panel="Timing loop", help="Replay a captured CUDA graph (torch, onnxruntime CUDA, TensorRT).")] = False,
+        threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", rich_help_panel="Timing loop", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
+        cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", metavar="DIR", rich_help_panel="Output", help="ONNX/engine cache (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
+        seed: Annotated[int, typer.Option("--seed", metavar="N", rich_help_panel="Timing loop", help="Seed for weights and the synthetic label map.")] = 0,
+        export_check: Annotated[bool, typer.Option("--export-check/--no-export-check", metavar="", rich_help_panel="Output", help="Compare each new ONNX export with PyTorch before timing it.")] = True,
+        trt: Annotated[str, typer.Option("--trt", metavar="NAME", help="TensorRT flavour for --backends tensorrt: auto (whichever is installed), tensorrt (enterprise) or rtx (TensorRT for RTX).")] = "auto",
+        input: Annotated[InputKind, typer.Option("--input", metavar="KIND", help=INPUT_HELP)] = InputKind.onehot,
+        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder for bench.csv, bench.md, bench.json and latency_vs_megapixels.png.")] = Path(DEFAULT_OUT),
+        progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", metavar="", rich_help_panel="Output", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
     ) -> None:
         """Time models x resolutions x backends x precisions; write CSV, markdown, JSON and a plot."""
         rows = run_benchmark(
@@ -550,7 +606,7 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report_cmd(
         csvs: Annotated[list[Path], typer.Argument(help="bench.csv files written by `asapbench run`, or the folders holding them.")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(DEFAULT_OUT) / "report",
+        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder.")] = Path(DEFAULT_OUT) / "report",
     ) -> None:
         """Merge bench.csv files and render bench.csv, bench.md, bench.json and the plot again."""
         paths, replaced = report(csvs, out)
