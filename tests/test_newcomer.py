@@ -187,7 +187,14 @@ def test_stop_after_prints_one_line_and_the_default_save_interval_fits_a_short_r
 # ---------------------------------------------------------------------------------------------
 # --help at 80 columns: every option's text whole
 # ---------------------------------------------------------------------------------------------
-COMMANDS = ["", "models", "info", "train", "export", "engines", "run", "report", "profile", "cache"]
+def _command_names() -> list[str]:
+    """"" (the top-level help) and every registered command: a new command is checked without editing this list."""
+    from asapbench.cli import app
+
+    return ["", *(c.name for c in app.registered_commands)]
+
+
+COMMANDS = _command_names()
 
 
 def help_blocks(text: str) -> dict[str, Counter]:
