@@ -23,6 +23,13 @@ do not. Runs written before run ids existed resume when their files otherwise ag
 run.json no later than the state, the generator's tensor names and shapes those of the state); they
 keep the id ``legacy``.
 
+A run locks ``out`` (:class:`asapbench.fsutil.FolderLock`, as `run` locks its --out). A checkpoint
+writes train_state.pt, latest_net_G.pth, then run.json (step and generator SHA-256); a resume rewrites
+the generator and run.json when a kill left them behind the state (:func:`_sync_generator`). A fresh
+run that fails before its first checkpoint removes what it wrote (:func:`_remove_failed_start`). The
+first non-finite loss (or NaN/Inf weights about to be saved) stops the run with
+:class:`TrainingDiverged` (exit 1), keeping the last finite checkpoint.
+
 Every file is written to a temporary name and renamed; a full disk while saving a checkpoint is one
 line (the folder and the space needed) and leaves the previous checkpoint intact. SIGINT/SIGTERM finish the current step,
 save and stop. Distributed: run under ``torchrun`` (DistributedDataParallel, a DistributedSampler
