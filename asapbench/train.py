@@ -1267,21 +1267,24 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     try:
         cfg, saved_state = _open_run(cfg, out)
         dist = _setup_distributed(cfg.device)
-        try:
-            return _train(cfg, out, saved_state, dist, console)
-        except (OSError, RuntimeError) as exc:
-            from asapbench.fsutil import is_out_of_space
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    try:
+        return _train(cfg, out, saved_state, dist, console)
+    except (OSError, RuntimeError) as exc:
+        from asapbench.fsutil import is_out_of_space
 
-            if not is_out_of_space(exc):
-                raise
-            raise UserError(f"no space left in {str(out)!r} while writing the run's files ({_first_line(exc)}); "
-                            "free some space there and continue with --resume") from None
-        finally:
-            if dist.initialized_here:
-                import torch.distributed as tdist
-
-                tdist.destroy_process_group()
+        if not is_out_of_space(exc):
+            raise
+        raise UserError(f"no space left in {str(out)!r} while writing the run's files ({_first_line(exc)}); "
+                        "free some space there and continue with --resume") from None
     finally:
+        if dist.initialized_here:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
         if lock is not None:
             lock.release()
 
@@ -1315,23 +1318,22 @@ def _train(cfg: TrainConfig, out: Path, saved_state, dist: _Dist, console) -> Tr
     console = console or Console(stderr=True)
     say = _sayer(console, dist)
     _prepare_run_folder(out, dist)
-    run = None
-    try:
-        device = _pick_device(cfg, dist)
-        ds_spec = describe_dataset(cfg.dataset, cfg.data, cfg.label_nc, cfg.split)
-        models = _build_models(cfg, ds_spec, dist, device, say, console)
-        data = _build_data(cfg, models, dist, device)
-        optim = _build_optim(cfg, models, data.total, device)
-        pos = _restore(saved_state, cfg, out, models, optim, data, dist, say)
-        _wrap_for_ddp(models, dist, device)
-        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        run_id = str(saved_state.get("run_id") or LEGACY_RUN_ID) if saved_state is not None else uuid.uuid4().hex[:12]
-        run = _Run(cfg, out, dist, device, say, console, models, data, optim, pos,
-                   autocast=torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp), run_id=run_id,
-                   saved_step=pos.resumed_from)
-        run.run_info = _run_info(run)
-        if saved_state is not None and dist.main:
-            _sync_generator(run, saved_state)
+    device = _pick_device(cfg, dist)
+    ds_spec = describe_dataset(cfg.dataset, cfg.data, cfg.label_nc, cfg.split)
+    models = _build_models(cfg, ds_spec, dist, device, say, console)
+    data = _build_data(cfg, models, dist, device)
+    optim = _build_optim(cfg, models, data.total, device)
+    pos = _restore(saved_state, cfg, out, models, optim, data, dist, say)
+    _wrap_for_ddp(models, dist, device)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    run_id = str(saved_state.get("run_id") or LEGACY_RUN_ID) if saved_state is not None else uuid.uuid4().hex[:12]
+    run = _Run(cfg, out, dist, device, say, console, models, data, optim, pos,
+               autocast=torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp), run_id=run_id,
+               saved_step=pos.resumed_from)
+    run.run_info = _run_info(run)
+    if saved_state is not None and dist.main:
+        _sync_generator(run, saved_state)
+    try:  # nothing above writes in out (but its folder)
         with _LossLog(out / CSV_FILE, pos.resumed_from, dist.main, run_id) as log, _StopOnSignal() as stop:
             H, W = models.hw
             say(f"{cfg.model}:{models.preset} at {H}x{W}, {sum(p.numel() for p in models.G.parameters()) / 1e6:.2f}M "
@@ -1339,17 +1341,17 @@ def _train(cfg: TrainConfig, out: Path, saved_state, dist: _Dist, console) -> Tr
                 f"steps/epoch; {data.total} steps; batch {cfg.batch_size} x {dist.world_size} on {device}")
             end = _loop(run, log, stop)
     except BaseException:
-        if saved_state is None and dist.main and (run is None or run.saved_step is None):
+        if saved_state is None and dist.main and run.saved_step is None:
             _remove_failed_start(out, run)
         raise
     return _finish(run, log, stop.sig, end)
 
 
-def _remove_failed_start(out: Path, run: _Run | None) -> None:
+def _remove_failed_start(out: Path, run: _Run) -> None:
     """A fresh run that fails before its first checkpoint leaves nothing: remove the losses.csv and the
     samples it wrote (the CLI then removes the folders it created, if empty), so that the retry the
     error suggests is not refused."""
-    for f in [out / CSV_FILE, *(run.samples_written if run is not None else [])]:
+    for f in [out / CSV_FILE, *run.samples_written]:
         try:
             f.unlink()
         except OSError:
