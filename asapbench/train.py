@@ -1038,7 +1038,7 @@ def _loop(run: _Run, log: _LossLog, stop: _StopOnSignal) -> _LoopEnd:
                     data.sampler.set_position(pos.epoch, pos.batch_in_epoch * cfg.batch_size)
                     it = iter(data.loader)
                 t0 = time.perf_counter()
-                batch = next(it)
+                batch = _next_batch(it)
                 res = _train_iteration(run, batch)
                 pos.step += 1
                 pos.batch_in_epoch += 1
@@ -1071,6 +1071,19 @@ def _loop(run: _Run, log: _LossLog, stop: _StopOnSignal) -> _LoopEnd:
     finally:
         it = None  # drop the loader iterator (and its workers) now, also on an error
     return end
+
+
+def _next_batch(it):
+    """The next batch; a UserError a loader worker raised (a bad data file) keeps its own one-line message
+    (the DataLoader re-raises it with the worker's traceback as the message)."""
+    try:
+        return next(it)
+    except UserError as exc:
+        text = str(exc)
+        if "DataLoader worker" not in text.split("\n", 1)[0]:
+            raise
+        last = text.rstrip().splitlines()[-1]
+        raise UserError(last.split("UserError: ", 1)[-1]) from None
 
 
 class TrainingDiverged(Exception):

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from asapbench.checkpoint import load_generator
+from asapbench.data import build_dataset
 from asapbench.errors import UserError
 from asapbench.fsutil import sha256_file
 from asapbench.train import CSV_FILE, GEN_FILE, RUN_FILE, STATE_FILE, TrainConfig, read_losses, train
@@ -265,9 +266,12 @@ def test_a_decompression_bomb_among_parity_labels_or_training_data_is_one_line(t
     _bomb_png(data / "label" / "a.png")
     Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(data / "image" / "a.png")
     out = tmp_path / "r"
+    with pytest.raises(UserError, match="a.png' has 196 megapixels"):  # in this process
+        build_dataset("folder", data, (32, 64), 6, preprocess="none")[0]
     p = _cli("train", "--model", "asapnet-tiny", "--dataset", "folder", "--data", data, "--label-nc", 6, "--res",
-             "32x64", "--out", out, "--steps", 1, "--ndf", 8, "--no-progress")
+             "32x64", "--out", out, "--steps", 1, "--ndf", 8, "--no-progress", "--workers", 1)  # in a loader worker
     _error_line(p, "label map", "a.png", "196 megapixels")
+    assert "DataLoader" not in p.stderr
     assert not out.exists()
 
 
