@@ -217,6 +217,47 @@ def best_fit_preset(name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str,
     return preset, n
 
 
+def _recorded_owner(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[str, str] | None:
+    """(model, preset) that the run.json beside ``path`` records, when the file's tensors fit that configuration."""
+    try:
+        info = json.loads((path.parent / "run.json").read_text())
+        model, preset = info["model"], info["preset"]
+        if not isinstance(model, str) or not isinstance(preset, str):
+            return None
+        if any(_mismatches(model, preset, shapes, **dict(info.get("overrides") or {}))):
+            return None
+    except Exception:  # noqa: BLE001 - no run.json, an unreadable one, or one of an unknown model: no owner
+        return None
+    return model, preset
+
+
+def checkpoint_owner(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[str, str, str] | None:
+    """(model, preset, how it was found) of the generator a checkpoint holds, or None if nothing comes close.
+
+    In order: the configuration ``asapbench train`` recorded in the run.json beside the file (when the
+    file's tensors fit it), a registered preset whose state dict the file fits exactly, else the preset
+    of any registered model with the fewest missing, unexpected and mis-shaped tensors.
+    """
+    from asapbench.registry import model_names
+
+    owner = _recorded_owner(path, shapes)
+    if owner is not None:
+        return (*owner, "its run.json")
+    fits = matching_presets(shapes, include_tiny=True)
+    if fits:
+        model, preset = fits[0].split(":", 1)
+        return model, preset, "its tensors fit that preset exactly"
+    scored = []
+    for name in model_names(True):
+        preset, n = best_fit_preset(name, shapes)
+        if n >= 0:
+            scored.append((n, name, preset))
+    if not scored:
+        return None
+    n, name, preset = min(scored, key=lambda t: t[0])
+    return name, preset, f"the closest registered preset: {n} tensor(s) differ"
+
+
 def load_generator(
     name: str, preset: str | None = None, path: str | os.PathLike | None = None, strict: bool = True, **overrides: Any
 ):
@@ -252,6 +293,10 @@ def load_generator(
     sd = _drop_unused(sd, model)
     missing, unexpected, misshaped = state_dict_mismatch(_shapes(model.state_dict()), _shapes(sd))
     if strict and (missing or unexpected or misshaped):
+        owner = checkpoint_owner(p, _shapes(sd))
+        if owner is not None and (owner[0], owner[1]) != (name, model.preset):  # another model's (or preset's) file
+            raise UserError(f"checkpoint {str(p)!r} holds a generator of {owner[0]}:{owner[1]} ({owner[2]}), not "
+                            f"of {name}:{model.preset}; load it as model {owner[0]} with preset {owner[1]}")
         fits = matching_presets(_shapes(sd))
         shown = 8 if closest is not None else 3
         parts = []

@@ -142,13 +142,14 @@ def label_map_files(folder: str | Path) -> list[tuple[Path, Path | None]]:
     instances. A folder with none raises UserError naming what was looked for.
     """
     from asapbench.errors import UserError
+    from asapbench.images import is_regular_file
 
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"label-map folder {str(root)!r} does not exist or is not a folder; pass a folder of label PNGs")
     pairs: list[tuple[Path, Path | None]] = []
     for p in sorted(root.glob("*.png")):
-        if p.name.endswith(_INST_SUFFIX):
+        if p.name.endswith(_INST_SUFFIX) or not is_regular_file(p):  # skip FIFOs, folders, devices named *.png
             continue
         inst = None
         if p.name.endswith(_LABEL_SUFFIX):
@@ -163,18 +164,28 @@ def label_map_files(folder: str | Path) -> list[tuple[Path, Path | None]]:
     return pairs
 
 
+def check_label_map_files(folder: str | Path) -> list[tuple[Path, Path | None]]:
+    """:func:`label_map_files` of ``folder``, each file's header read (not decoded): a file that is not an
+    image, or one too large to decode safely, raises UserError before any work is done."""
+    from asapbench.images import open_user_image
+
+    pairs = label_map_files(folder)
+    for lab, inst in pairs:
+        for f in (lab, inst):
+            if f is not None:
+                open_user_image(f, "label map", "pass a PNG of integer label ids", load=False)
+    return pairs
+
+
 def read_label_map(path: str | Path, height: int, width: int) -> torch.Tensor:
     """An integer map (labels or instance ids) from a PNG, nearest-resized to H x W, int64 ``[1, 1, H, W]``."""
     import numpy as np
     from PIL import Image
 
     from asapbench.errors import UserError
+    from asapbench.images import open_user_image
 
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read label map {str(path)!r} ({exc}); pass a PNG of integer label ids") from None
+    img = open_user_image(path, "label map", "pass a PNG of integer label ids")
     arr = np.array(img.resize((width, height), Image.NEAREST))
     if arr.ndim != 2:
         raise UserError(f"label map {str(path)!r} has {arr.shape[-1]} channels; a label map has one (integer ids)")

@@ -23,6 +23,13 @@ do not. Runs written before run ids existed resume when their files otherwise ag
 run.json no later than the state, the generator's tensor names and shapes those of the state); they
 keep the id ``legacy``.
 
+A run locks ``out`` (:class:`asapbench.fsutil.FolderLock`, as `run` locks its --out). A checkpoint
+writes train_state.pt, latest_net_G.pth, then run.json (step and generator SHA-256); a resume rewrites
+the generator and run.json when a kill left them behind the state (:func:`_sync_generator`). A fresh
+run that fails before its first checkpoint removes what it wrote (:func:`_remove_failed_start`). The
+first non-finite loss (or NaN/Inf weights about to be saved) stops the run with
+:class:`TrainingDiverged` (exit 1), keeping the last finite checkpoint.
+
 Every file is written to a temporary name and renamed; a full disk while saving a checkpoint is one
 line (the folder and the space needed) and leaves the previous checkpoint intact. SIGINT/SIGTERM finish the current step,
 save and stop. Distributed: run under ``torchrun`` (DistributedDataParallel, a DistributedSampler
@@ -40,6 +47,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import os
 import platform
 import random
@@ -657,8 +665,17 @@ def _restore(saved_state, cfg: TrainConfig, out: Path, models: _Models, optim: _
     if saved_state is None:
         _seed_all(cfg.seed + dist.rank)  # per-rank randomness from here on (dropout etc.)
         return _Position()
-    models.G.load_state_dict(saved_state["G"])
-    models.D.load_state_dict(saved_state["D"])
+    for what, key, module in (("generator", "G", models.G), ("discriminator", "D", models.D)):
+        try:
+            module.load_state_dict(saved_state[key])
+        except RuntimeError:  # a state edited, or written by another version: one line, not the key list
+            from asapbench.checkpoint import _shapes, state_dict_mismatch
+
+            diff = state_dict_mismatch(_shapes(module.state_dict()), _shapes(saved_state[key]))
+            counts = ", ".join(f"{len(k)} {label}" for k, label in zip(diff, ("missing", "unexpected", "mis-shaped")) if k)
+            raise UserError(f"the {what} in {str(out / STATE_FILE)!r} does not fit {cfg.model}:{models.preset} as "
+                            f"its saved settings build it ({counts or 'the weights do not load'} tensors); "
+                            "train into another --out") from None
     optim.load_state_dicts(saved_state)
     pos = _Position(int(saved_state["step"]), int(saved_state["epoch"]), int(saved_state["batch_in_epoch"]))
     old_world = int(saved_state.get("world_size", 1))
@@ -694,6 +711,7 @@ class _Run:
     run_info: dict[str, Any] = field(default_factory=dict)
     run_id: str = LEGACY_RUN_ID  # drawn when the run starts; in run.json, train_state.pt and losses.csv
     saved_step: int | None = None  # the step of the last complete checkpoint in ``out``
+    samples_written: list[Path] = field(default_factory=list)  # sample grids this process wrote
 
 
 def _run_info(run: _Run) -> dict[str, Any]:
@@ -798,7 +816,7 @@ def _save_checkpoint(run: _Run, log: _LossLog) -> None:
     folder and the space the checkpoint needs.
     """
     from asapbench.checkpoint import save_generator
-    from asapbench.fsutil import atomic_torch_save, atomic_write_json, sha256_file
+    from asapbench.fsutil import atomic_torch_save
 
     dist, pos, m = run.dist, run.pos, run.models
     rng = _rng_state()
@@ -818,9 +836,7 @@ def _save_checkpoint(run: _Run, log: _LossLog) -> None:
         try:
             atomic_torch_save(state, run.out / STATE_FILE)
             save_generator(m.G, run.out / GEN_FILE)
-            atomic_write_json(run.out / RUN_FILE, {**run.run_info, "step": pos.step, "epoch": pos.epoch,
-                                                   "generator_sha256": sha256_file(run.out / GEN_FILE),
-                                                   "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            _write_run_json(run, pos.step, pos.epoch)
             log.flush()
         except (OSError, RuntimeError) as exc:
             _raise_if_disk_full(exc, run, state)
@@ -828,6 +844,41 @@ def _save_checkpoint(run: _Run, log: _LossLog) -> None:
         run.saved_step = pos.step
     if dist.enabled:
         torch.distributed.barrier()
+
+
+def _write_run_json(run: _Run, step: int, epoch: int) -> None:
+    """run.json: the run's configuration, the step and epoch of the checkpoint, the generator file's SHA-256."""
+    from asapbench.fsutil import atomic_write_json, sha256_file
+
+    atomic_write_json(run.out / RUN_FILE, {**run.run_info, "step": step, "epoch": epoch,
+                                           "generator_sha256": sha256_file(run.out / GEN_FILE),
+                                           "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def _sync_generator(run: _Run, saved_state: dict[str, Any]) -> None:
+    """On resume, make latest_net_G.pth the generator of the state's step.
+
+    A checkpoint writes train_state.pt, then latest_net_G.pth, then run.json (the step and the SHA-256 of
+    the generator file). A kill between them leaves a generator (or a run.json) of the step before: when
+    run.json does not record the state's step with the generator file's SHA-256, both are rewritten from
+    the state (the generator ``run.models.G`` now holds).
+    """
+    import json
+
+    from asapbench.checkpoint import save_generator
+    from asapbench.fsutil import sha256_file
+
+    step, gen = int(saved_state["step"]), run.out / GEN_FILE
+    try:
+        info = json.loads((run.out / RUN_FILE).read_text())
+        if info.get("step") == step and info.get("generator_sha256") == sha256_file(gen):
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    save_generator(run.models.G, gen)
+    _write_run_json(run, step, int(saved_state["epoch"]))
+    run.say(f"{GEN_FILE} or {RUN_FILE} was not that of the checkpoint's step {step} (a save was cut short): "
+            f"rewrote both from {STATE_FILE}")
 
 
 def _raise_if_disk_full(exc: BaseException, run: _Run, state: dict[str, Any]) -> None:
@@ -849,7 +900,9 @@ def _save_sample(run: _Run, batch: dict[str, Any], step: _StepOut) -> None:
 
     G = run.models.G
     lab = step.x if G.input_kind == "image" else colorize_labels(batch["label"].to(run.device), run.models.label_nc)
-    _save_grid(run.out / "samples" / f"step_{run.pos.step:07d}.png", lab, step.fake, step.real)
+    path = run.out / "samples" / f"step_{run.pos.step:07d}.png"
+    _save_grid(path, lab, step.fake, step.real)
+    run.samples_written.append(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -995,11 +1048,14 @@ def _loop(run: _Run, log: _LossLog, stop: _StopOnSignal) -> _LoopEnd:
                     data.sampler.set_position(pos.epoch, pos.batch_in_epoch * cfg.batch_size)
                     it = iter(data.loader)
                 t0 = time.perf_counter()
-                batch = next(it)
+                batch = _next_batch(it)
                 res = _train_iteration(run, batch)
                 pos.step += 1
                 pos.batch_in_epoch += 1
                 vals, stop_asked = _mean_over_ranks(res.losses, stop.sig is not None, run.dist)
+                bad = [f"{k} {v}" for k, v in zip(LOSS_COLUMNS, vals) if not math.isfinite(v)]
+                if bad:
+                    raise _diverged(run, f"non-finite loss ({', '.join(bad)})")
                 if run.device.type == "cuda":
                     torch.cuda.synchronize(run.device)
                 ips = cfg.batch_size * run.dist.world_size / (time.perf_counter() - t0)
@@ -1017,6 +1073,7 @@ def _loop(run: _Run, log: _LossLog, stop: _StopOnSignal) -> _LoopEnd:
                                 **_progress_info(pos.epoch, end.last, ips, run.models.vgg_loss is not None))
                 stopping = stop_asked or (cfg.stop_after is not None and pos.steps_here() >= cfg.stop_after)
                 if pos.step % cfg.save_every == 0 or pos.step == data.total or stopping:
+                    _check_finite_weights(run)
                     _save_checkpoint(run, log)
                     end.saved_at = pos.step
                 if stopping:
@@ -1024,6 +1081,56 @@ def _loop(run: _Run, log: _LossLog, stop: _StopOnSignal) -> _LoopEnd:
     finally:
         it = None  # drop the loader iterator (and its workers) now, also on an error
     return end
+
+
+def _next_batch(it):
+    """The next batch; a UserError a loader worker raised (a bad data file) keeps its own one-line message
+    (the DataLoader re-raises it with the worker's traceback as the message)."""
+    try:
+        return next(it)
+    except UserError as exc:
+        text = str(exc)
+        if "DataLoader worker" not in text.split("\n", 1)[0]:
+            raise
+        last = text.rstrip().splitlines()[-1]
+        raise UserError(last.split("UserError: ", 1)[-1]) from None
+
+
+class TrainingDiverged(Exception):
+    """Training stopped at a non-finite loss (or weights): the CLI prints the message and exits 1.
+
+    ``step`` is the step that went non-finite, ``kept`` the step of the checkpoint left in the run
+    folder (None: none was saved, and a fresh run then leaves nothing).
+    """
+
+    asapbench_exit = True
+    exit_code = 1
+
+    def __init__(self, message: str, step: int, kept: int | None) -> None:
+        super().__init__(message)
+        self.step, self.kept = step, kept
+
+
+def _diverged(run: _Run, what: str) -> TrainingDiverged:
+    """The TrainingDiverged of ``run`` at its current step (nothing of this step is saved)."""
+    step, kept = run.pos.step, run.saved_step
+    if kept is not None:
+        left = (f"the checkpoint of step {kept} in {str(run.out)!r} is the last finite one and is kept; "
+                "lower --lr-g/--lr-d and train again into another --out (a resume repeats the same steps)")
+    else:
+        left = "no checkpoint had been saved, so nothing is kept; lower --lr-g/--lr-d and train again"
+    return TrainingDiverged(f"training diverged at step {step}: {what}; stopped without saving it: {left}",
+                            step, kept)
+
+
+def _check_finite_weights(run: _Run) -> None:
+    """TrainingDiverged before a checkpoint would save NaN/Inf weights of G or D (an update that blew up)."""
+    from asapbench.checkpoint import non_finite
+
+    for name, module in (("generator", run.models.G), ("discriminator", run.models.D)):
+        bad = non_finite(module.state_dict())
+        if bad is not None:
+            raise _diverged(run, f"non-finite {name} weights ({bad[0]} has {bad[1]} NaN/Inf values)")
 
 
 def _finish(run: _Run, log: _LossLog, stop_sig: int | None, end: _LoopEnd) -> TrainResult:
@@ -1179,8 +1286,14 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
     out = Path(cfg.out) if cfg.out else None
     if out is None:
         raise UserError("training needs --out (the run folder, e.g. runs/NAME)")
-    cfg, saved_state = _open_run(cfg, out)
-    dist = _setup_distributed(cfg.device)
+    lock = _lock_run_folder(cfg, out)
+    try:
+        cfg, saved_state = _open_run(cfg, out)
+        dist = _setup_distributed(cfg.device)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     try:
         return _train(cfg, out, saved_state, dist, console)
     except (OSError, RuntimeError) as exc:
@@ -1195,6 +1308,22 @@ def train(cfg: TrainConfig, console=None) -> TrainResult:
             import torch.distributed as tdist
 
             tdist.destroy_process_group()
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_folder(cfg: TrainConfig, out: Path):
+    """Create ``out`` and lock it (:class:`asapbench.fsutil.FolderLock`) for this run, as `run` locks its --out.
+
+    Rank 0 locks for a torchrun job. A resume of a folder that does not exist locks nothing (there is
+    nothing to resume: :func:`_open_run` says so). Returns the lock, or None.
+    """
+    from asapbench.fsutil import FolderLock, ensure_writable_dir
+
+    if int(os.environ.get("RANK", "0")) != 0 or (cfg.resume and not out.is_dir()):
+        return None
+    ensure_writable_dir(out, "--out folder")
+    return FolderLock(out, "--out").acquire()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -1227,10 +1356,32 @@ def _train(cfg: TrainConfig, out: Path, saved_state, dist: _Dist, console) -> Tr
                autocast=torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp), run_id=run_id,
                saved_step=pos.resumed_from)
     run.run_info = _run_info(run)
-    with _LossLog(out / CSV_FILE, pos.resumed_from, dist.main, run_id) as log, _StopOnSignal() as stop:
-        H, W = models.hw
-        say(f"{cfg.model}:{models.preset} at {H}x{W}, {sum(p.numel() for p in models.G.parameters()) / 1e6:.2f}M "
-            f"params; D {models.num_d} scales; {cfg.dataset}: {len(data.dataset)} samples, {data.steps_per_epoch} "
-            f"steps/epoch; {data.total} steps; batch {cfg.batch_size} x {dist.world_size} on {device}")
-        end = _loop(run, log, stop)
+    if saved_state is not None and dist.main:
+        _sync_generator(run, saved_state)
+    try:  # nothing above writes in out (but its folder)
+        with _LossLog(out / CSV_FILE, pos.resumed_from, dist.main, run_id) as log, _StopOnSignal() as stop:
+            H, W = models.hw
+            say(f"{cfg.model}:{models.preset} at {H}x{W}, {sum(p.numel() for p in models.G.parameters()) / 1e6:.2f}M "
+                f"params; D {models.num_d} scales; {cfg.dataset}: {len(data.dataset)} samples, {data.steps_per_epoch} "
+                f"steps/epoch; {data.total} steps; batch {cfg.batch_size} x {dist.world_size} on {device}")
+            end = _loop(run, log, stop)
+    except BaseException:
+        if saved_state is None and dist.main and run.saved_step is None:
+            _remove_failed_start(out, run)
+        raise
     return _finish(run, log, stop.sig, end)
+
+
+def _remove_failed_start(out: Path, run: _Run) -> None:
+    """A fresh run that fails before its first checkpoint leaves nothing: remove the losses.csv and the
+    samples it wrote (the CLI then removes the folders it created, if empty), so that the retry the
+    error suggests is not refused."""
+    for f in [out / CSV_FILE, *run.samples_written]:
+        try:
+            f.unlink()
+        except OSError:
+            pass
+    try:
+        (out / "samples").rmdir()  # only if empty: never another run's samples
+    except OSError:
+        pass

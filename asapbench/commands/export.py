@@ -183,9 +183,9 @@ def export_models(
 
         checkpoint = str(resolve_checkpoint_path(checkpoint))
     if parity_labels is not None:
-        from asapbench.inputs import label_map_files
+        from asapbench.inputs import check_label_map_files
 
-        label_map_files(parity_labels)  # UserError when the folder has no label maps
+        check_label_map_files(parity_labels)  # UserError when the folder has no (readable) label maps
     out_dir = ensure_writable_dir(out, "--out folder")
     from exporters.onnx_export import export_onnx
 

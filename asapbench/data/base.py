@@ -122,11 +122,12 @@ class PairDataset(Dataset):
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (int(key), 0)
         pair = self.pairs[index]
-        label_img = as_id_image(open_image(pair.label), pair.label, "label map")
-        photo = open_image(pair.image)
+        label_img = as_id_image(open_image(pair.label, "label map"), pair.label, "label map")
+        photo = open_image(pair.image, "photo")
         imgs = {"label map": (pair.label, label_img), "photo": (pair.image, photo)}
         if self.use_instances:
-            imgs["instance map"] = (pair.inst, as_id_image(open_image(pair.inst), pair.inst, "instance map"))
+            imgs["instance map"] = (pair.inst, as_id_image(open_image(pair.inst, "instance map"), pair.inst,
+                                                           "instance map"))
         sizes = {what: im.size for what, (_, im) in imgs.items()}
         if len(set(sizes.values())) > 1:
             desc = ", ".join(f"{what} {str(p)!r} {im.size[0]}x{im.size[1]} (WxH)" for what, (p, im) in imgs.items())

@@ -29,14 +29,12 @@ from asapbench.errors import UserError
 MODES = ("fixed", "resize_and_crop", "scale_width_and_crop", "crop", "none")
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open an image file with Pillow; unreadable files raise UserError naming the file."""
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {str(path)!r} ({exc}); replace or remove the file") from None
-    return img
+def open_image(path: str | Path, what: str = "image") -> Image.Image:
+    """Open an image file with Pillow through :func:`asapbench.images.open_user_image`: unreadable files,
+    non-regular files (a FIFO) and decompression bombs raise UserError naming the file."""
+    from asapbench.images import open_user_image
+
+    return open_user_image(path, what, "replace or remove the file")
 
 
 def as_id_image(img: Image.Image, path: str | Path, what: str) -> Image.Image:
