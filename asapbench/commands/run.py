@@ -174,13 +174,14 @@ def run_benchmark(out: str | os.PathLike = DEFAULT_OUT, progress: bool | None = 
     Returns the list of :class:`asapbench.report.BenchRow`. An interrupted sweep (Ctrl-C, SIGTERM)
     writes the finished rows as an incomplete set and raises :class:`SweepInterrupted`.
     """
-    from asapbench.fsutil import ensure_writable_dir
+    from asapbench.fsutil import FolderLock, ensure_writable_dir
 
-    cfg = build_config(**options)
     created = not Path(out).exists()
     out_dir = ensure_writable_dir(out, "--out folder")
     try:
-        return _run_into(cfg, out_dir, progress, argv)
+        with FolderLock(out_dir, "--out") as lock:  # before any work: a folder in use refuses at once
+            cfg = build_config(**options)
+            return _run_into(cfg, out_dir, progress, argv, lock)
     except BaseException:
         if created:  # a failed command leaves no empty folder behind
             _remove_if_empty(out_dir)
@@ -195,7 +196,7 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None):
+def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None, lock=None):
     import sys
 
     import torch
@@ -220,7 +221,7 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None)
                                                   "e2e_iters", "e2e_min_seconds", "budget_s", "batch", "seed")}
     if progress is None:
         progress = sys.stderr.isatty()
-    return render_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models, plans=plans)
+    return render_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models, plans=plans, lock=lock)
 
 
 class SweepDisplay:
@@ -403,9 +404,9 @@ def _sigterm_raises():
 
 
 def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = None, progress: bool = True,
-                 checkpoint_models: dict | None = None, plans: list | None = None) -> list:
+                 checkpoint_models: dict | None = None, plans: list | None = None, lock=None) -> list:
     """Run the sweep engine and render its events into a fresh folder ``OUT/run-<time>`` of ``out_dir``,
-    which it locks for the run.
+    which it locks for the run (``lock``: a :class:`asapbench.fsutil.FolderLock` the caller already holds on it).
 
     Finished rows go to that folder's bench.partial.csv after every cell; at the end the four result files
     (bench.csv, bench.md, bench.json, plot) are written there and one rename switches ``OUT/latest`` to it
@@ -425,7 +426,9 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
     rows: list = []
     total = 0
     display = SweepDisplay(progress)
-    lock = FolderLock(out_dir, "--out").acquire()
+    own_lock = lock is None
+    if own_lock:
+        lock = FolderLock(out_dir, "--out").acquire()
     run_dir: Path | None = None
 
     def publish(state: dict[str, Any]) -> None:
@@ -490,7 +493,8 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
     finally:
         if run_dir is not None:
             _remove_if_empty(run_dir)
-        lock.release()
+        if own_lock:
+            lock.release()
     return rows
 
 
