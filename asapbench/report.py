@@ -898,8 +898,8 @@ def publish_set(out_dir: str | os.PathLike, set_dir: str | os.PathLike) -> Path 
 
 
 def keep_killed_partials(out_dir: str | os.PathLike) -> list[Path]:
-    """The rows of runs into ``out_dir`` that were killed before they finished (a ``bench.partial.csv`` with no
-    ``bench.csv`` beside it), each renamed aside once to a folder ending in ``-killed``, so that nothing
+    """The rows of runs into ``out_dir`` that were killed before they finished (a ``run-*`` folder with a
+    ``bench.partial.csv`` and no ``bench.csv``), each renamed aside once to a folder ending in ``-killed``, so that nothing
     deletes them and the caller can say where they are; returns those ``bench.partial.csv`` paths.
 
     Call it holding the folder's lock (no live run is then writing there). A ``bench.partial.csv`` directly in
@@ -914,7 +914,7 @@ def keep_killed_partials(out_dir: str | os.PathLike) -> list[Path]:
         os.replace(top, d / PARTIAL_CSV)
         kept.append(d / PARTIAL_CSV)
     for d in sorted(out.iterdir()):
-        if d.is_symlink() or not d.is_dir() or d.name.endswith(KILLED):
+        if d.is_symlink() or not d.is_dir() or not d.name.startswith("run-") or d.name.endswith(KILLED):
             continue
         if (d / PARTIAL_CSV).is_file() and not (d / "bench.csv").exists():
             aside = out / (d.name + KILLED)
