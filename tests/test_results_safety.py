@@ -153,18 +153,15 @@ def test_report_of_an_incomplete_set_stays_incomplete(tmp_path):
 
 
 def test_report_into_its_own_folder_keeps_the_marker_and_the_set(tmp_path):
-    from asapbench.report import new_set_dir, publish_set
-
     out = tmp_path / "o"
-    out.mkdir()
-    d = new_set_dir(out)
-    render_all([_row()], d, run_state={"complete": False, "reason": "interrupted (SIGTERM)", "cells_done": 1,
-                                        "cells_total": 3})
-    publish_set(out, d)
+    render_all([_row()], out, run_state={"complete": False, "reason": "interrupted (SIGTERM)", "cells_done": 1,
+                                         "cells_total": 3})
     r = asapbench("report", str(out), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert (out / "latest").resolve() != d.resolve()
-    for folder in (out, d):
+    assert json.loads((out / "bench.json").read_text())["complete"] is False
+    (earlier,) = out.glob("earlier-*")  # the set it read (plain files of the older layout), kept aside
+    assert (out / "latest").resolve().name.startswith("report-")
+    for folder in (out, earlier):
         assert json.loads((folder / "bench.json").read_text())["complete"] is False
         assert "Incomplete run: interrupted (SIGTERM) after 1 of 3 cells" in (folder / "bench.md").read_text()
 
@@ -184,17 +181,18 @@ def test_deeply_nested_run_json_is_one_line_on_resume(tmp_path):
 
 def test_deeply_nested_json_beside_a_checkpoint_or_a_csv_is_no_traceback(tmp_path):
     from asapbench.checkpoint import _run_config
-    from asapbench.fsutil import read_json
 
     deep = tmp_path / "run.json"
     deep.write_text("{\"a\": " * 100_000 + "1" + "}" * 100_000)
-    with pytest.raises(UserError, match="nested too deeply"):
-        read_json(deep, "run.json")
     assert _run_config(tmp_path / "latest_net_G.pth", "asapnet-tiny") == (None, {})
     render_all([_row()], tmp_path / "set")
     (tmp_path / "set" / "bench.json").write_text("[" * 100_000 + "]" * 100_000)
     merge_report([tmp_path / "set"], tmp_path / "rep")  # the environment then comes from the rows
     assert read_csv(tmp_path / "rep" / "bench.csv") == [_row()]
+    from asapbench.fsutil import read_json
+
+    with pytest.raises(UserError, match="nested too deeply"):
+        read_json(deep, "run.json")
 
 
 # ---------------------------------------------------------------------------------------------
