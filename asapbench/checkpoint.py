@@ -11,7 +11,6 @@ or Inf values, are refused with one line.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -176,11 +175,13 @@ def _run_config(path: Path, name: str) -> tuple[str | None, dict[str, Any]]:
     meta = path.parent / "run.json"
     if not meta.is_file():
         return None, {}
+    from asapbench.fsutil import read_json
+
     try:
-        info = json.loads(meta.read_text())
-    except (OSError, ValueError):
+        info = read_json(meta, "run.json")
+    except UserError:  # unreadable, not JSON, or nested too deeply: no recorded configuration
         return None, {}
-    if info.get("model") != name:
+    if not isinstance(info, dict) or info.get("model") != name:
         return None, {}
     return info.get("preset"), dict(info.get("overrides") or {})
 
@@ -219,8 +220,10 @@ def best_fit_preset(name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str,
 
 def _recorded_owner(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[str, str] | None:
     """(model, preset) that the run.json beside ``path`` records, when the file's tensors fit that configuration."""
+    from asapbench.fsutil import read_json
+
     try:
-        info = json.loads((path.parent / "run.json").read_text())
+        info = read_json(path.parent / "run.json", "run.json")
         model, preset = info["model"], info["preset"]
         if not isinstance(model, str) or not isinstance(preset, str):
             return None

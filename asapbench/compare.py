@@ -150,16 +150,6 @@ def compare_paths(a: str | os.PathLike, b: str | os.PathLike, metric: str = "dev
     return compare_rows(read_csv(pa), read_csv(pb), str(a), str(b), metric)
 
 
-def _md(text: str) -> str:
-    """A markdown table cell: pipes escaped, line breaks as spaces."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-
-
-def _csv_safe(text: str) -> str:
-    """A CSV cell a spreadsheet will not run as a formula (a leading = + - @ gets a quote mark)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def _pct(v: float | None) -> str:
     return "" if v is None else f"{100 * v:.1f}"
 
@@ -183,6 +173,8 @@ def table_rows(cmp: Comparison) -> list[dict[str, str]]:
 
 def markdown(cmp: Comparison, pct: float | None = None) -> str:
     """The comparison as a markdown document (escaped cells)."""
+    from asapbench.report import md_cell as _md
+
     what = "median ms per image, input on the device" if cmp.metric == "device" else "median end-to-end ms per image"
     lines = [f"# asapbench compare: {_md(cmp.b)} vs {_md(cmp.a)}", "",
              f"- A: `{_md(cmp.a)}` ({_md(', '.join(cmp.machines_a))})",
@@ -210,13 +202,15 @@ def csv_text(cmp: Comparison) -> str:
     import csv
     import io
 
+    from asapbench.report import csv_cell
+
     buf = io.StringIO()
     rows = table_rows(cmp)
     cols = list(rows[0]) if rows else ["cell", "A ms", "B ms", "B/A", "CoV A %", "CoV B %", "noise %", "verdict"]
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for r in rows:
-        w.writerow([_csv_safe(r[c]) for c in cols])
+        w.writerow([csv_cell(r[c]) for c in cols])
     return buf.getvalue()
 
 

@@ -156,9 +156,13 @@ def clean_stale_tmp(folder: str | os.PathLike, max_age_s: float = STALE_TMP_S) -
 
 
 class FolderLock:
-    """An exclusive lock on an output folder: ``.asapbench.lock`` created with O_EXCL, holding the pid
-    and start time. A lock whose pid is no longer alive (a killed run) is taken over (``stale`` tells).
-    A live one raises UserError naming the other run.
+    """An exclusive lock on an output folder, held for the life of the run: an OS lock (``flock``) on
+    ``.asapbench.lock``, which also records the holder's pid and start time for the refusal message.
+
+    The OS drops the lock when its holder exits, however it exits (kill -9 included), so a lock is never
+    stale and never refuses forever: a file left by a killed run, whatever pid it names, is taken over
+    (``stale`` holds what it recorded). Two processes that try at once cannot both hold it. A lock held
+    by a live process raises UserError naming the folder and that process's pid.
     """
 
     NAME = ".asapbench.lock"
@@ -168,6 +172,7 @@ class FolderLock:
         self.option = option
         self.stale: dict | None = None
         self.held = False
+        self._fd: int | None = None
 
     @staticmethod
     def _alive(pid: int) -> bool:
@@ -179,49 +184,126 @@ class FolderLock:
             return True
         return True
 
+    @staticmethod
+    def _read(fd: int) -> dict:
+        try:
+            data = os.pread(fd, 4096, 0)
+            obj = json.loads(data.decode("utf-8", "replace") or "{}")
+        except (OSError, ValueError, RecursionError):
+            return {}
+        return obj if isinstance(obj, dict) else {}
+
+    def _cannot(self, exc: OSError) -> UserError:
+        return UserError(f"cannot lock {self.option} folder {str(self.path.parent)!r} ({exc.strerror or exc}); "
+                         f"pass a writable folder to {self.option}")
+
     def acquire(self) -> FolderLock:
+        import fcntl
         import time
 
         info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        for _ in range(3):
+        for _ in range(100):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    other = json.loads(self.path.read_text() or "{}")
-                except (OSError, ValueError):
-                    other = {}
-                pid = int(other.get("pid") or 0)
-                if pid and pid != os.getpid() and self._alive(pid):
-                    raise UserError(
-                        f"{self.option} folder {str(self.path.parent)!r} is in use by another asapbench run "
-                        f"(pid {pid}, started {other.get('started', '?')}); wait for it or pass another {self.option} folder"
-                    ) from None
-                self.stale = other
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise self._cannot(exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = self._read(fd)
+                for _ in range(20):  # the holder writes its pid right after it locks
+                    if other.get("pid"):
+                        break
+                    time.sleep(0.02)
+                    other = self._read(fd)
+                os.close(fd)
+                raise UserError(
+                    f"{self.option} folder {str(self.path.parent)!r} is in use by another asapbench run "
+                    f"(pid {other.get('pid', '?')}, started {other.get('started', '?')}); wait for it or pass another "
+                    f"{self.option} folder"
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise self._cannot(exc) from None
+            # the previous holder removes the file when it releases: if it did so after our open, the inode
+            # we locked is no longer the lock file, and another process may lock the new one; start again
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except OSError:
+                current = False
+            if not current:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f)
+            other = self._read(fd)
+            if other:  # a holder that ended without releasing (kill -9): the OS dropped its lock
+                self.stale = other
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+            except OSError as exc:
+                os.close(fd)
+                raise self._cannot(exc) from None
+            self._fd = fd
             self.held = True
             return self
         raise UserError(f"cannot lock {self.option} folder {str(self.path.parent)!r}; pass another {self.option} folder")
 
     def release(self) -> None:
-        if self.held:
+        if self.held and self._fd is not None:
             self.held = False
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
+            try:  # remove the file while still holding the lock (acquire checks that it locked the current file)
+                if os.path.samestat(os.fstat(self._fd), os.stat(self.path)):
+                    os.unlink(self.path)
+            except OSError:
                 pass
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+#: the largest JSON file a command reads back (run.json, bench.json, sidecars are a few KiB)
+MAX_JSON_BYTES = 64 * 2**20
+
+
+class BadJsonFile(UserError):
+    """A JSON file that cannot be read back; ``why`` is the short reason ("nested too deeply", ...)."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "", max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The parsed content of a JSON file; :class:`BadJsonFile` (a UserError: one line naming the file, the
+    problem and ``fix``) when it cannot be read, is larger than ``max_bytes``, is not JSON or is nested too
+    deeply to parse (a hand-edited or hostile file: Python's parser raises RecursionError beyond about 1000
+    levels)."""
+    p = Path(path)
+    tail = f"; {fix}" if fix else ""
+
+    def bad(why: str) -> BadJsonFile:
+        return BadJsonFile(f"{what} {str(p)!r} {why}{tail}", why)
+
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise bad(f"is {format_bytes(size)}, more than the {format_bytes(max_bytes)} such a file may hold")
+        text = p.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise bad(f"cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise bad("is not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise bad("is nested too deeply to be a file asapbench wrote") from None
+    except ValueError as exc:
+        raise bad(f"is not valid JSON ({exc})") from None
 
 
 def default_file_mode() -> int:

@@ -203,7 +203,13 @@ def frame(rows: Sequence[BenchRow]) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # CSV
 # --------------------------------------------------------------------------------------------
-def _csv_value(v: Any) -> str:
+#: a text cell starting with one of these is a formula to a spreadsheet (CSV injection): it is written with a
+#: leading ``'`` (which spreadsheets show as text), and so is one that starts with ``'`` itself; :func:`read_csv`
+#: drops that one ``'`` again, so that every text reads back as it was written
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -212,6 +218,8 @@ def _csv_value(v: Any) -> str:
         if math.isnan(v):
             return ""
         return repr(v)  # shortest exact form: the CSV round-trips
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
     return str(v)
 
 
@@ -221,7 +229,7 @@ def csv_text(rows: Sequence[BenchRow]) -> str:
     """
     pd = _pd()
     # the cells are formatted from the rows themselves (not from frame()): a value is written as it was given
-    cells = pd.DataFrame([[_csv_value(getattr(r, c)) for c in COLUMNS] for r in rows], columns=list(COLUMNS), dtype=object)
+    cells = pd.DataFrame([[csv_cell(getattr(r, c)) for c in COLUMNS] for r in rows], columns=list(COLUMNS), dtype=object)
     return cells.to_csv(index=False, lineterminator="\n")
 
 
@@ -251,11 +259,54 @@ def _read_cells(p: Path) -> pd.DataFrame:
     return cells
 
 
+#: integer columns that must be at least 1 where a row gives them (every other number must be >= 0)
+_POSITIVE = ("height", "width", "batch")
+
+
+def _check_number(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``name`` cell (None when it is): every number in a bench.csv is a finite
+    count, size, time or ratio, never negative; heights, widths and batches are at least 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a finite number"
+    if name in _POSITIVE and value < 1:
+        return "less than 1"
+    if value < 0:
+        return "negative"
+    return None
+
+
 def read_csv(path: str | os.PathLike) -> list[BenchRow]:
-    """Rows of a bench.csv (UserError when the file is missing or is not one)."""
-    cells = _read_cells(Path(path))
+    """Rows of a bench.csv (UserError when the file is missing or is not one).
+
+    A number that cannot be a measurement (``nan``, ``inf`` or ``1e400``, a negative time or size, a height,
+    width or batch below 1) is a UserError naming the file, the line and the column: such a row is never
+    plotted or ranked. A text cell written with a leading ``'`` (see :func:`csv_text`) loses that ``'``.
+    """
+    p = Path(path)
+    cells = _read_cells(p)
+    rows = []
     # a short line leaves NaN in its last cells: those take the field's default, as a missing column does
-    return [row_from_dict({k: v for k, v in rec.items() if isinstance(v, str)}) for rec in cells.to_dict("records")]
+    for i, rec in enumerate(cells.to_dict("records")):
+        rec = {k: v for k, v in rec.items() if isinstance(v, str)}
+        for k, v in rec.items():
+            if k in _KINDS and _KINDS[k] == "str" and v.startswith("'"):
+                rec[k] = v[1:]
+        line = i + 2  # the header is line 1 (a cell with a line break counts as one line here)
+        try:
+            row = row_from_dict(rec)
+        except UserError as exc:
+            raise UserError(f"{str(p)!r} line {line}: {exc}") from None
+        for name in COLUMNS:
+            why = _check_number(name, getattr(row, name))
+            if why:
+                raise UserError(f"{str(p)!r} line {line}, column {name!r}: {rec.get(name)!r} is {why}; "
+                                "fix or delete that row (or pass the bench.csv `asapbench run` wrote)")
+        if row.height < 1 or row.width < 1:  # given ones were checked above: a missing one
+            raise UserError(f"{str(p)!r} line {line}: no height/width; fix or delete that row")
+        rows.append(row)
+    return rows
 
 
 def read_frame(path: str | os.PathLike) -> pd.DataFrame:
@@ -291,6 +342,12 @@ def _view(rows: Sequence[BenchRow]) -> pd.DataFrame:
     df["ms_per_image"] = pd.array([r.ms_per_image for r in rows], dtype="Float64")
     df["e2e_ms_per_image"] = pd.array([r.e2e_ms_per_image for r in rows], dtype="Float64")
     return df.drop_duplicates(subset=_CELL_KEY, keep="last").reset_index(drop=True)
+
+
+def _timed(status: Any, ms: Any) -> bool:
+    """Whether a cell has a time to plot, rank and compare: status ok and a finite time above zero (rows
+    given to the library directly are not checked as :func:`read_csv` checks a file's)."""
+    return status == "ok" and not _missing(ms) and math.isfinite(ms) and ms > 0
 
 
 def _rows_where(df: pd.DataFrame, keep: Sequence[bool]) -> pd.DataFrame:
@@ -344,10 +401,21 @@ def _grid(cells: pd.DataFrame, values: Sequence[Any], index: pd.Index, columns: 
     return laid.pivot(index=_GROUP, columns="res", values="_v").reindex(index=index, columns=columns)
 
 
+def _md_text(v: Any) -> str:
+    """``v`` as text on one markdown line: line breaks become spaces (a text from a hand-edited CSV must not
+    end a list item or a table row)."""
+    return " ".join(str(v).splitlines())
+
+
+def md_cell(v: Any) -> str:
+    """``v`` as the text of one markdown table cell: on one line, with ``|`` escaped."""
+    return _md_text(v).replace("|", "\\|")
+
+
 def _md_table(table: pd.DataFrame) -> list[str]:
     """A DataFrame as GitHub markdown table lines: its column names as the header, its cells as text."""
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
-    lines += ["| " + " | ".join(map(str, cells)) + " |" for cells in table.itertuples(index=False, name=None)]
+    lines = ["| " + " | ".join(map(md_cell, table.columns)) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(map(md_cell, cells)) + " |" for cells in table.itertuples(index=False, name=None)]
     return lines
 
 
@@ -368,9 +436,9 @@ def _env_lines(envs: Sequence[dict[str, Any]]) -> list[str]:
         ]
         if env.get("timestamp"):
             parts.append(str(env["timestamp"]))
-        lines.append("- " + "; ".join(parts))
+        lines.append("- " + _md_text("; ".join(parts)))
         if env.get("command"):
-            lines.append(f"  - command: `{env['command']}`")
+            lines.append(f"  - command: `{_md_text(env['command'])}`")
         loop = env.get("loop")
         if isinstance(loop, dict) and loop:
             lines.append(
@@ -403,8 +471,10 @@ def incomplete_line(run_state: dict[str, Any] | None) -> str:
     """The bench.md header line of an incomplete result set ("" for a complete one)."""
     if not run_state or run_state.get("complete", True):
         return ""
-    return (f"**Incomplete run: {run_state.get('reason') or 'interrupted'} after {run_state.get('cells_done')} of "
-            f"{run_state.get('cells_total')} cells.** The tables hold only the finished cells.")
+    done, total = run_state.get("cells_done"), run_state.get("cells_total")
+    after = f" after {done} of {total} cells" if done is not None and total is not None else ""
+    return (f"**Incomplete run: {_md_text(run_state.get('reason') or 'interrupted')}{after}.** "
+            "The tables hold only the finished cells.")
 
 
 def _noisy(cov: Any) -> bool:
@@ -458,7 +528,7 @@ def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     out += ["## Latency (ms per image, median)", ""]
     out += latency_table("ms_per_image", mark_noisy=True)
     out += ["", "## ASAP-Net speed-up (baseline median / ASAP-Net median, same backend, precision and device)", ""]
-    usable = [v if status == "ok" and not _missing(v) and v else None
+    usable = [v if _timed(status, v) else None
               for status, v in zip(cells.status, cells.ms_per_image.tolist())]
     ms = _grid(cells, usable, groups, res_cols)
     noisy = _grid(cells, [_noisy(c) for c in cells["cov"].tolist()], groups, res_cols)
@@ -509,14 +579,14 @@ def markdown(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     if notes.empty:
         out.append("- every cell ran; no warnings")
     for r in notes.itertuples(index=False):
-        out.append(f"- {r.model} {r.res} {r.label} {r.precision} {r.device}: **{r.status}** {r.note}".rstrip())
+        out.append(_md_text(f"- {r.model} {r.res} {r.label} {r.precision} {r.device}: **{r.status}** {r.note}").rstrip())
     out.append("")
     return "\n".join(out)
 
 
 def _fastest(cells: pd.DataFrame) -> list[str]:
     """One line per resolution and device: the fastest ok cell, and the runner-up."""
-    ok = _rows_where(cells, [st == "ok" and not _missing(v) for st, v in zip(cells.status, cells.ms_per_image.tolist())])
+    ok = _rows_where(cells, [_timed(st, v) for st, v in zip(cells.status, cells.ms_per_image.tolist())])
     if ok.empty:
         return ["(no cell produced a time)"]
     lines = []
@@ -533,14 +603,14 @@ def _fastest(cells: pd.DataFrame) -> list[str]:
                 nxt = recs[1]
                 text += (f"; next {nxt['model']} {nxt['label']} {nxt['precision']} {_fmt_ms(nxt['ms_per_image'])} ms "
                          f"({_fmt_ratio(nxt['ms_per_image'] / best['ms_per_image'])} slower)")
-            lines.append(text)
+            lines.append(_md_text(text))
     return lines
 
 
 def _backend_comparison(cells: pd.DataFrame) -> list[str]:
     """Per model, resolution, precision and device: every backend's median and its speed-up over the first one."""
     pd = _pd()
-    ok = _rows_where(cells, [st == "ok" and not _missing(v) for st, v in zip(cells.status, cells.ms_per_image.tolist())])
+    ok = _rows_where(cells, [_timed(st, v) for st, v in zip(cells.status, cells.ms_per_image.tolist())])
     labels = _ordered(ok.label) if not ok.empty else []
     if len(labels) < 2:
         return ["(one backend only: nothing to compare)"]
@@ -677,7 +747,7 @@ def plot_png(rows: Sequence[BenchRow]) -> bytes:
     import matplotlib.pyplot as plt
 
     df = _view(rows)
-    df = _rows_where(df, [status == "ok" and not _missing(v) and bool(v) for status, v in zip(df.status, df.ms_per_image.tolist())])
+    df = _rows_where(df, [_timed(status, v) for status, v in zip(df.status, df.ms_per_image.tolist())])
     machines = _ordered(df.machine)
     fig, ax = plt.subplots(figsize=(9.0, 5.0), dpi=120)
     if len(_resolutions(df)) == 1:
@@ -755,25 +825,165 @@ def render_all(rows: Sequence[BenchRow], out_dir: str | os.PathLike, envs: Seque
     return replace_together(out, contents)
 
 
-def _sibling_envs(csv_path: Path) -> list[dict[str, Any]]:
+# --------------------------------------------------------------------------------------------
+# the layout of an --out folder: one folder per result set, ``latest`` switched with one rename
+# --------------------------------------------------------------------------------------------
+#: in-progress rows of a running sweep, in the run's own set folder
+PARTIAL_CSV = "bench.partial.csv"
+#: the symbolic link in an --out folder that names its newest result set; ``OUT/bench.csv`` (and the other
+#: three) are links to ``latest/bench.csv``, so that ``OUT/bench.csv`` is always the newest complete set
+LATEST = "latest"
+#: suffix of the folder of a run that was killed before it finished (its rows are in its bench.partial.csv)
+KILLED = "-killed"
+
+
+def new_set_dir(out_dir: str | os.PathLike, kind: str = "run") -> Path:
+    """Create a fresh folder ``OUT/<kind>-YYYYmmdd-HHMMSS[-N]`` for one result set and return it."""
+    import time
+
+    out = Path(out_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        d = out / (f"{kind}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a result folder in {str(out)!r}; pass another --out folder")
+
+
+def _set_name(out: Path, kind: str, mtime: float, suffix: str = "") -> Path:
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(mtime))
+    for n in range(1, 10_000):
+        d = out / (f"{kind}-{stamp}" + (f"-{n}" if n > 1 else "") + suffix)
+        if not os.path.lexists(d):
+            return d
+    raise UserError(f"cannot create a result folder in {str(out)!r}; pass another --out folder")
+
+
+def _move_legacy(out: Path) -> Path | None:
+    """Result files an older asapbench wrote directly into ``out`` (plain files, not links): moved into a set
+    folder of their own (named by their time), which is returned; None when there are none."""
+    names = [n for n in FILES if (out / n).is_file() and not (out / n).is_symlink()]
+    if not names:
+        return None
+    d = _set_name(out, "earlier", max((out / n).stat().st_mtime for n in names))
+    d.mkdir()
+    for n in names:
+        os.replace(out / n, d / n)
+    return d
+
+
+def _link(out: Path, name: str, target: str) -> None:
+    """Make ``out/name`` a symbolic link to ``target`` with one rename (a reader sees the old or the new link)."""
+    p = out / name
+    if p.is_symlink() and os.readlink(p) == target:
+        return
+    if p.exists() and not p.is_symlink() and p.is_dir():
+        raise UserError(f"{str(p)!r} is a folder of its own; move it away, or pass another --out folder")
+    tmp = out / f".{name}.{os.getpid()}.link"
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(target, tmp)
+        os.replace(tmp, p)
+    except OSError as exc:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise UserError(f"cannot switch {str(p)!r} to the new result set ({exc.strerror or exc}); the set is in "
+                        f"{str(out / target)!r}") from None
+
+
+def publish_set(out_dir: str | os.PathLike, set_dir: str | os.PathLike) -> Path | None:
+    """Make ``set_dir`` (a folder in ``out_dir`` holding the four files) the newest set of ``out_dir``.
+
+    One rename switches ``OUT/latest`` to it, so a reader of ``OUT/latest/*`` or ``OUT/bench.csv`` (links to
+    ``latest/...``) sees the earlier set or this one, never a mix; every earlier set keeps its own folder.
+    Result files of the older layout (plain files in ``OUT``) are first moved into a folder of their own,
+    which is returned (None otherwise).
+    """
+    out, d = Path(out_dir), Path(set_dir)
+    moved = _move_legacy(out)
+    _link(out, LATEST, d.name)
+    for n in FILES:
+        _link(out, n, f"{LATEST}/{n}")
+    return moved
+
+
+def keep_killed_partials(out_dir: str | os.PathLike) -> list[Path]:
+    """The rows of runs into ``out_dir`` that were killed before they finished (a ``run-*`` folder with a
+    ``bench.partial.csv`` and no ``bench.csv``), each renamed aside once to a folder ending in ``-killed``, so that nothing
+    deletes them and the caller can say where they are; returns those ``bench.partial.csv`` paths.
+
+    Call it holding the folder's lock (no live run is then writing there). A ``bench.partial.csv`` directly in
+    ``OUT`` (the older layout) moves into such a folder too.
+    """
+    out = Path(out_dir)
+    kept: list[Path] = []
+    top = out / PARTIAL_CSV
+    if top.is_file() and not top.is_symlink():
+        d = _set_name(out, "run", top.stat().st_mtime, KILLED)
+        d.mkdir()
+        os.replace(top, d / PARTIAL_CSV)
+        kept.append(d / PARTIAL_CSV)
+    for d in sorted(out.iterdir()):
+        if d.is_symlink() or not d.is_dir() or not d.name.startswith("run-") or d.name.endswith(KILLED):
+            continue
+        if (d / PARTIAL_CSV).is_file() and not (d / "bench.csv").exists():
+            aside = out / (d.name + KILLED)
+            if os.path.lexists(aside):
+                continue
+            os.replace(d, aside)
+            kept.append(aside / PARTIAL_CSV)
+    return kept
+
+
+def _sibling_json(csv_path: Path) -> dict[str, Any]:
+    """The bench.json of the set a bench.csv belongs to ({} when there is none or it cannot be read)."""
+    from asapbench.fsutil import read_json
+
     j = csv_path.parent / "bench.json"
     if not j.is_file():
-        return []
+        return {}
     try:
-        obj = json.loads(j.read_text())
-    except (OSError, ValueError):
-        return []
+        obj = read_json(j, "bench.json")
+    except UserError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _envs_of(obj: dict[str, Any]) -> list[dict[str, Any]]:
     envs = obj.get("environments") or ([obj["environment"]] if obj.get("environment") else [])
     return [e for e in envs if isinstance(e, dict)]
 
 
+def _state_of(csv_path: Path, obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The run state of one input of a merge: None when complete, else its ``incomplete`` record."""
+    if csv_path.name == PARTIAL_CSV:
+        return {"complete": False, "reason": "a run that did not finish (its bench.partial.csv)",
+                "cells_done": None, "cells_total": None}
+    if obj.get("complete", True) is False:
+        inc = obj.get("incomplete") if isinstance(obj.get("incomplete"), dict) else {}
+        return {"complete": False, **{k: inc.get(k) for k in ("reason", "cells_done", "cells_total")}}
+    return None
+
+
 def resolve_bench_csv(path: str | os.PathLike) -> Path:
-    """A bench.csv given as the file or as the folder holding it (``asapbench run --out``); UserError otherwise."""
+    """A bench.csv given as the file or as the folder holding it (``asapbench run --out``: through ``latest``;
+    a killed run's folder: its bench.partial.csv), with links resolved; UserError for a folder without one."""
     p = Path(path)
-    if p.is_dir():
-        if not (p / "bench.csv").is_file():
+    if p.is_dir():  # `asapbench report OUT`: the bench.csv in that folder (or a killed run's partial rows)
+        if (p / "bench.csv").is_file():
+            p = p / "bench.csv"
+        elif (p / PARTIAL_CSV).is_file():
+            p = p / PARTIAL_CSV
+        else:
             raise UserError(f"{str(p)!r} is a folder without a bench.csv; pass a bench.csv or the --out folder of a run")
-        return p / "bench.csv"
+    if p.is_file():
+        p = p.resolve()  # OUT/bench.csv -> the set folder, so that its bench.json is of the same set
     return p
 
 
@@ -808,25 +1018,53 @@ def replaced_cells(sets: Sequence[tuple[str, Sequence[BenchRow]]]) -> list[str]:
 
 
 def merge_report(csv_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
-    """Read one or more bench.csv files, merge their rows and render all four outputs into ``out_dir``.
+    """Read one or more bench.csv files, merge their rows and render all four outputs as a new set in
+    ``out_dir`` (a folder ``report-...`` that ``OUT/latest`` then names, see :func:`publish_set`: an earlier
+    set there, the input's own included, is kept).
 
-    Environments come from a ``bench.json`` beside each CSV where present, else from the rows'
-    environment columns. When the same cell appears in two files, the later file wins in the tables;
-    returns the written paths and one line per cell so replaced (:func:`replaced_cells`).
+    A folder stands for its bench.csv (through ``latest``), or for the bench.partial.csv of a run that did not
+    finish. Environments come from the ``bench.json`` of each input's set where present, else from the rows'
+    environment columns. The merged set is complete only if every input is: an incomplete input (or a
+    bench.partial.csv) makes it incomplete, with the reason in bench.md and bench.json. When the same cell
+    appears in two files, the later file wins in the tables. Returns the written paths and one line per cell
+    so replaced (:func:`replaced_cells`).
     """
-    from asapbench.fsutil import ensure_writable_dir
+    from asapbench.fsutil import FolderLock, ensure_writable_dir
 
     if not csv_paths:
         raise UserError("no CSV given; pass one or more bench.csv files written by `asapbench run`")
     rows: list[BenchRow] = []
     envs: list[dict[str, Any]] = []
+    states: list[tuple[str, dict[str, Any]]] = []
     sets = []
-    for p in map(resolve_bench_csv, csv_paths):
+    for given in csv_paths:
+        p = resolve_bench_csv(given)
         these = read_csv(p)
-        sets.append((str(p), these))
+        sets.append((str(given), these))
         rows += these
-        for e in _sibling_envs(p) or _envs_from_rows(these):
+        obj = _sibling_json(p)
+        for e in _envs_of(obj) or _envs_from_rows(these):
             if e not in envs:
                 envs.append(e)
-    ensure_writable_dir(out_dir, "--out folder")
-    return render_all(rows, out_dir, envs, sources=[str(p) for p in csv_paths]), replaced_cells(sets)
+        state = _state_of(p, obj)
+        if state:
+            states.append((str(given), state))
+    run_state = None
+    if len(states) == 1 and len(csv_paths) == 1:
+        run_state = states[0][1]
+    elif states:
+        run_state = {"complete": False, "cells_done": None, "cells_total": None,
+                     "reason": f"merged {len(states)} incomplete input(s) of {len(csv_paths)}: "
+                               + "; ".join(f"{g} ({s.get('reason') or 'incomplete'})" for g, s in states)}
+    out = ensure_writable_dir(out_dir, "--out folder")
+    with FolderLock(out, "--out"):
+        set_dir = new_set_dir(out, "report")
+        try:
+            paths = render_all(rows, set_dir, envs, sources=[str(p) for p in csv_paths], run_state=run_state)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(set_dir, ignore_errors=True)
+            raise
+        publish_set(out, set_dir)
+    return paths, replaced_cells(sets)

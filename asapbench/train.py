@@ -1218,15 +1218,15 @@ def check_run_folder(out: Path, state: dict[str, Any]) -> None:
     info: dict[str, Any] = {}
     run_json = out / RUN_FILE
     if run_json.exists():
-        import json
+        from asapbench.fsutil import BadJsonFile, read_json
 
         try:
-            info = json.loads(run_json.read_text())
+            info = read_json(run_json, RUN_FILE)
             if not isinstance(info, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError):
+                raise BadJsonFile("", "not an object")
+        except BadJsonFile as exc:  # unreadable, not JSON, too large or nested too deeply
             info = {}
-            bad.append(f"{RUN_FILE} (unreadable)")
+            bad.append(f"{RUN_FILE} (unreadable: {exc.why})")
         else:
             rid = str(info.get("run_id") or LEGACY_RUN_ID)
             step = info.get("step")

@@ -38,6 +38,18 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
+def wait_for_partial(out: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
+    """The bench.partial.csv of the run now writing into ``out`` (in its own OUT/run-* folder)."""
+    t0 = time.time()
+    while True:
+        found = sorted(out.glob("run-*/bench.partial.csv"))
+        if found:
+            return found[-1]
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, f"no bench.partial.csv appeared in {out}"
+        time.sleep(0.1)
+
+
 def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.strip().splitlines() if ln.startswith("asapbench: error:")]
 
@@ -110,10 +122,10 @@ def test_signal_keeps_rows_marks_the_set_incomplete_and_locks_the_folder(tmp_pat
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     proc = start("run", *SLOW, "--out", str(out))
     try:
-        wait_for(out / "bench.partial.csv", proc)
+        partial = wait_for_partial(out, proc)
         # during the run the folder still holds the earlier run's consistent set
         assert "old-model" in (out / "bench.csv").read_text() and "old-model" in (out / "bench.md").read_text()
-        assert "asapnet-tiny" in (out / "bench.partial.csv").read_text()
+        assert "asapnet-tiny" in partial.read_text()
         assert not stale.exists()  # a killed run's leftover is removed
         if sig == signal.SIGTERM:  # a second run into the same folder refuses in one line
             r2 = asapbench("run", "--models", "asapnet-tiny", "--res", "32x64", "--out", str(out), *FAST)
@@ -136,21 +148,26 @@ def test_signal_keeps_rows_marks_the_set_incomplete_and_locks_the_folder(tmp_pat
     assert 1 <= done < 4 and len(obj["rows"]) == done
     assert "Incomplete run" in (out / "bench.md").read_text()
     assert "old-model" not in (out / "bench.csv").read_text()
-    assert not (out / "bench.partial.csv").exists() and not (out / ".asapbench.lock").exists()
+    assert not partial.exists() and not (out / ".asapbench.lock").exists()
+    assert (out / "latest").resolve() == partial.parent.resolve()
+    (earlier,) = out.glob("earlier-*")  # the earlier set (written directly into OUT) is kept in a folder of its own
+    assert "old-model" in (earlier / "bench.csv").read_text() and "old-model" in (earlier / "bench.md").read_text()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from asapbench.fsutil import FolderLock; "
+                               "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(out)],
+                              env=ENV, cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".asapbench.lock").write_text(json.dumps({"pid": sleeper.pid, "started": "then"}))
+        assert holder.stdout.readline().strip() == "held"
         r = asapbench("run", "--models", "asapnet-tiny", "--res", "32x64", "--backends", "torch", "--out", str(out), *FAST)
-        assert r.returncode == 2 and f"pid {sleeper.pid}" in r.stderr and "--out" in r.stderr
+        assert r.returncode == 2 and f"pid {holder.pid}" in r.stderr and "--out" in r.stderr
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()  # kill -9: the OS drops its lock, its file stays
+        holder.wait()
     r = asapbench("run", "--models", "asapnet-tiny", "--res", "32x64", "--backends", "torch", "--out", str(out), *FAST)
     assert r.returncode == 0, r.stderr
     assert "took over the lock" in r.stderr

@@ -7,7 +7,9 @@ where it exists.
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -99,16 +101,155 @@ def _run(cmd: list[str], cwd: str | None = None, timeout: float = 10.0) -> str |
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _package_repo() -> Path | None:
+    """The root of the git checkout this package runs from, None when it does not run from one.
+
+    Only the folder that holds the package itself counts (``<root>/asapbench`` with ``<root>/.git`` and a
+    ``pyproject.toml`` naming asapbench): an installed copy inside some other repository (a virtual
+    environment in a project's folder) has no sha of its own, and none of that repository is recorded.
+    """
+    root = Path(__file__).resolve().parents[2]
+    try:
+        if not (root / ".git").exists() or 'name = "asapbench"' not in (root / "pyproject.toml").read_text():
+            return None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root
+
+
+def _git_dir(root: Path) -> Path | None:
+    """``root/.git``, or the folder a ``.git`` file (a worktree, a submodule) points at."""
+    dot = root / ".git"
+    if dot.is_dir():
+        return dot
+    try:
+        text = dot.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    g = Path(text[len("gitdir:"):].strip())
+    g = g if g.is_absolute() else root / g
+    return g if g.is_dir() else None
+
+
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+
+
+def _head_sha(gitdir: Path) -> str | None:
+    """The commit HEAD names, read from HEAD, the loose refs and packed-refs (git itself is not run)."""
+    common = gitdir
+    try:
+        if (gitdir / "commondir").is_file():
+            c = Path((gitdir / "commondir").read_text().strip())
+            common = c if c.is_absolute() else gitdir / c
+        head = (gitdir / "HEAD").read_text().strip()
+        for _ in range(5):  # a symbolic ref may name another one
+            if _SHA.fullmatch(head):
+                return head
+            if not head.startswith("ref:"):
+                return None
+            ref = head[4:].strip()
+            if ".." in ref.split("/"):
+                return None
+            for base in (gitdir, common):
+                if (base / ref).is_file():
+                    head = (base / ref).read_text().strip()
+                    break
+            else:
+                packed = common / "packed-refs"
+                lines = packed.read_text().splitlines() if packed.is_file() else []
+                found = [ln.split()[0] for ln in lines if ln.endswith(" " + ref) and not ln.startswith(("#", "^"))]
+                return found[0] if found and _SHA.fullmatch(found[0]) else None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """git's offset varint (index v4 path compression)."""
+    c = data[pos]
+    pos += 1
+    value = c & 127
+    while c & 128:
+        c = data[pos]
+        pos += 1
+        value = ((value + 1) << 7) | (c & 127)
+    return value, pos
+
+
+def _worktree_dirty(root: Path, gitdir: Path) -> bool | None:
+    """Whether a tracked file differs from the index (git's own test: size and mtime, then the content's blob
+    hash), read from ``.git/index`` without running git; None when the index cannot be read."""
+    import hashlib
+    import struct
+
+    try:
+        data = (gitdir / "index").read_bytes()
+    except OSError:
+        return None
+    if len(data) < 12 or data[:4] != b"DIRC":
+        return None
+    version, count = struct.unpack(">II", data[4:12])
+    if version not in (2, 3, 4):
+        return None
+    pos, prev = 12, b""
+    try:
+        for _ in range(count):
+            start = pos
+            mtime_s, mtime_ns = struct.unpack(">II", data[pos + 8:pos + 16])
+            mode, size = struct.unpack(">I", data[pos + 24:pos + 28])[0], struct.unpack(">I", data[pos + 36:pos + 40])[0]
+            sha = data[pos + 40:pos + 60]
+            flags = struct.unpack(">H", data[pos + 60:pos + 62])[0]
+            pos += 62
+            skip = False
+            if version >= 3 and flags & 0x4000:
+                skip = bool(struct.unpack(">H", data[pos:pos + 2])[0] & 0x4000)  # skip-worktree
+                pos += 2
+            if version == 4:
+                strip, pos = _varint(data, pos)
+                end = data.index(b"\0", pos)
+                name = prev[:len(prev) - strip] + data[pos:end]
+                pos = end + 1
+            else:
+                end = data.index(b"\0", pos)
+                name = data[pos:end]
+                pos = start + ((end - start) // 8 + 1) * 8  # 1 to 8 NULs pad each entry to 8 bytes
+            prev = name
+            if skip or (flags >> 12) & 3 or mode >> 12 == 0o16:  # sparse, merge stages, submodules
+                continue
+            path = root / os.fsdecode(name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return True  # a tracked file was deleted
+            if (st.st_size & 0xFFFFFFFF) != size:
+                return True
+            if int(st.st_mtime) == mtime_s and st.st_mtime_ns % 1_000_000_000 == mtime_ns:
+                continue
+            content = os.readlink(path).encode() if mode >> 12 == 0o12 else path.read_bytes()
+            if hashlib.sha1(b"blob %d\0" % len(content) + content).digest() != sha:
+                return True
+    except (IndexError, ValueError, struct.error, OSError):
+        return None
+    return False
+
+
 def git_sha(path: str | Path | None = None) -> str | None:
-    """Commit of the asapbench checkout (``+dirty`` when tracked files changed), None outside git."""
-    if shutil.which("git") is None:
+    """Commit of the asapbench checkout (``+dirty`` when tracked files changed), None when the package does
+    not run from its own git checkout (see :func:`_package_repo`); ``path``: that checkout's root instead.
+
+    Read from the files in ``.git`` (HEAD, refs, index); git itself is never run, so no hook or
+    configuration of a repository (``core.fsmonitor``, filters) runs a command.
+    """
+    root = Path(path) if path else _package_repo()
+    gitdir = _git_dir(root) if root is not None else None
+    if gitdir is None:
         return None
-    cwd = str(Path(path) if path else Path(__file__).resolve().parents[2])
-    sha = _run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd)
-    if not sha:
+    sha = _head_sha(gitdir)
+    if sha is None:
         return None
-    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd)
-    return sha + ("+dirty" if dirty else "")
+    return sha[:12] + ("+dirty" if _worktree_dirty(root, gitdir) else "")
 
 
 def nvidia_smi() -> list[dict[str, str]]:

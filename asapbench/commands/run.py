@@ -174,13 +174,14 @@ def run_benchmark(out: str | os.PathLike = DEFAULT_OUT, progress: bool | None = 
     Returns the list of :class:`asapbench.report.BenchRow`. An interrupted sweep (Ctrl-C, SIGTERM)
     writes the finished rows as an incomplete set and raises :class:`SweepInterrupted`.
     """
-    from asapbench.fsutil import ensure_writable_dir
+    from asapbench.fsutil import FolderLock, ensure_writable_dir
 
-    cfg = build_config(**options)
     created = not Path(out).exists()
     out_dir = ensure_writable_dir(out, "--out folder")
     try:
-        return _run_into(cfg, out_dir, progress, argv)
+        with FolderLock(out_dir, "--out") as lock:  # before any work: a folder in use refuses at once
+            cfg = build_config(**options)
+            return _run_into(cfg, out_dir, progress, argv, lock)
     except BaseException:
         if created:  # a failed command leaves no empty folder behind
             _remove_if_empty(out_dir)
@@ -195,7 +196,7 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None):
+def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None, lock=None):
     import sys
 
     import torch
@@ -220,7 +221,7 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None)
                                                   "e2e_iters", "e2e_min_seconds", "budget_s", "batch", "seed")}
     if progress is None:
         progress = sys.stderr.isatty()
-    return render_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models, plans=plans)
+    return render_sweep(cfg, out_dir, env=env, progress=progress, checkpoint_models=ckpt_models, plans=plans, lock=lock)
 
 
 class SweepDisplay:
@@ -381,7 +382,7 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-#: in-progress rows of a running sweep (the four result files are only replaced at the end)
+#: in-progress rows of a running sweep, in its own folder (asapbench.report.PARTIAL_CSV)
 PARTIAL_CSV = "bench.partial.csv"
 _SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -459,32 +460,50 @@ def _sigterm_raises():
 
 
 def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = None, progress: bool = True,
-                 checkpoint_models: dict | None = None, plans: list | None = None) -> list:
-    """Run the sweep engine and render its events into ``out_dir``, which it locks for the run.
+                 checkpoint_models: dict | None = None, plans: list | None = None, lock=None) -> list:
+    """Run the sweep engine and render its events into a fresh folder ``OUT/run-<time>`` of ``out_dir``,
+    which it locks for the run (``lock``: a :class:`asapbench.fsutil.FolderLock` the caller already holds on it).
 
-    Finished rows go to bench.partial.csv after every cell; the four result files (bench.csv,
-    bench.md, bench.json, plot) are replaced together at the end, so the folder always holds one
-    consistent set (the earlier run's until this one ends). On Ctrl-C or SIGTERM the finished rows
-    are written as a set marked incomplete and :class:`SweepInterrupted` is raised (exit 130 / 143);
-    a sweep without a single time raises :class:`NoTimes` after writing its files.
+    Finished rows go to that folder's bench.partial.csv after every cell; at the end the four result files
+    (bench.csv, bench.md, bench.json, plot) are written there and one rename switches ``OUT/latest`` to it
+    (``OUT/bench.csv`` and the others are links to ``latest/...``): every earlier set keeps its folder, and
+    a reader sees the earlier set or this one, never a mix. The rows of an earlier run that was killed
+    (kill -9) are kept in its folder, renamed ``...-killed``, with a warning. On Ctrl-C or SIGTERM the
+    finished rows are written as a set marked incomplete and :class:`SweepInterrupted` is raised (exit
+    130 / 143); a sweep without a single time raises :class:`NoTimes` after writing its files.
     """
     from asapbench.bench.sweep import iter_sweep
     from asapbench.bench.system import snapshot
     from asapbench.fsutil import DiskFull, FolderLock, atomic_write_text, clean_stale_tmp
-    from asapbench.report import csv_text, render_all
+    from asapbench.report import csv_text, keep_killed_partials, new_set_dir, publish_set, render_all
 
     out_dir = Path(out_dir)
     env = env if env is not None else snapshot()
     rows: list = []
     total = 0
     display = SweepDisplay(progress)
-    lock = FolderLock(out_dir, "--out").acquire()
+    own_lock = lock is None
+    if own_lock:
+        lock = FolderLock(out_dir, "--out").acquire()
+    run_dir: Path | None = None
+
+    def publish(state: dict[str, Any]) -> None:
+        render_all(rows, run_dir, [env], run_state=state)
+        _unlink(run_dir / PARTIAL_CSV)
+        moved = publish_set(out_dir, run_dir)
+        if moved is not None:
+            display.warn(f"moved the result files an older asapbench wrote directly into {out_dir} to {moved}")
+
     try:
         if lock.stale:
             display.warn(f"took over the lock of an earlier run that no longer exists (pid {lock.stale.get('pid')})")
+        for kept in keep_killed_partials(out_dir):
+            display.warn(f"an earlier run into {out_dir} was killed before it finished; kept its finished rows in "
+                         f"{kept} (`asapbench report {kept.parent}` renders them)")
         for folder in (out_dir, Path(cfg.cache_dir) / "onnx", Path(cfg.cache_dir) / "engines"):
             for f in clean_stale_tmp(folder):
                 display.warn(f"removed a stale temporary file {f} (left by a killed run)")
+        run_dir = new_set_dir(out_dir, "run")
         try:
             with _sigterm_raises(), display:
                 for ev in iter_sweep(cfg, env=env, checkpoint_models=checkpoint_models, on_phase=display.phase,
@@ -496,7 +515,7 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
                         display.cell(ev)
                     elif ev.kind == "row":
                         rows.append(ev.row)
-                        atomic_write_text(out_dir / PARTIAL_CSV, csv_text(rows))
+                        atomic_write_text(run_dir / PARTIAL_CSV, csv_text(rows))
                         display.finished(ev.row, ev.eta_s)
                         if ev.row.status != "ok":
                             display.reason(reason_line(ev.row, cfg))
@@ -505,33 +524,33 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
                 display.phase("done")
         except KeyboardInterrupt as exc:
             sig = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-            with _sigterm_raises():  # a second signal while writing must not leave a half-replaced set
+            with _sigterm_raises():  # a second signal while writing must not leave a half-written set
                 state = {"complete": False, "reason": f"interrupted ({sig})", "cells_done": len(rows), "cells_total": total}
                 if rows:
-                    render_all(rows, out_dir, [env], run_state=state)
-                    kept = f"kept {len(rows)} row(s) in {out_dir} (marked incomplete)"
+                    publish(state)
+                    kept = f"kept {len(rows)} row(s) in {run_dir} (marked incomplete; {out_dir / 'latest'} names it)"
                 else:
                     kept = f"no row finished; {out_dir} is unchanged"
-                _unlink(out_dir / PARTIAL_CSV)
             stop = SweepInterrupted(f"interrupted ({sig}) after {len(rows)} of {total} cells; {kept}", _SIGNAL_EXIT[sig])
             LAST_INTERRUPT.append(stop)
             raise stop from None
         except Exception as exc:
-            if isinstance(exc, DiskFull) and (out_dir / PARTIAL_CSV).is_file():
-                raise UserError(f"{exc}; the finished rows are in {out_dir / PARTIAL_CSV}") from None
+            if isinstance(exc, DiskFull) and (run_dir / PARTIAL_CSV).is_file():
+                raise UserError(f"{exc}; the finished rows are in {run_dir / PARTIAL_CSV}") from None
             if rows and not isinstance(exc, DiskFull):  # keep what finished, marked incomplete
                 state = {"complete": False, "reason": f"stopped by an error ({type(exc).__name__})",
                          "cells_done": len(rows), "cells_total": total}
-                render_all(rows, out_dir, [env], run_state=state)
-                _unlink(out_dir / PARTIAL_CSV)
+                publish(state)
             raise
         try:
-            render_all(rows, out_dir, [env], run_state={"complete": True, "cells_done": len(rows), "cells_total": total})
+            publish({"complete": True, "cells_done": len(rows), "cells_total": total})
         except DiskFull as exc:
-            raise UserError(f"{exc}; the finished rows are in {out_dir / PARTIAL_CSV}") from None
-        _unlink(out_dir / PARTIAL_CSV)
+            raise UserError(f"{exc}; the finished rows are in {run_dir / PARTIAL_CSV}") from None
     finally:
-        lock.release()
+        if run_dir is not None:
+            _remove_if_empty(run_dir)
+        if own_lock:
+            lock.release()
     return rows
 
 
@@ -548,6 +567,12 @@ def report(csvs: Iterable[str | os.PathLike], out: str | os.PathLike):
     from asapbench.report import merge_report
 
     return merge_report(list(csvs), out)
+
+
+def _latest_set(out: str | os.PathLike) -> Path:
+    """The set folder ``OUT/latest`` names."""
+    link = Path(out) / "latest"
+    return Path(out) / os.readlink(link) if link.is_symlink() else Path(out)
 
 
 def no_time_summary(rows, out) -> str:
@@ -589,7 +614,7 @@ def register(app: typer.Typer) -> None:
         export_check: Annotated[bool, typer.Option("--export-check/--no-export-check", metavar="", rich_help_panel="Output", help="Compare each new ONNX export with PyTorch before timing it.")] = True,
         trt: Annotated[str, typer.Option("--trt", metavar="NAME", help="TensorRT flavour for --backends tensorrt: auto (whichever is installed), tensorrt (enterprise) or rtx (TensorRT for RTX).")] = "auto",
         input: Annotated[InputKind, typer.Option("--input", metavar="KIND", help=INPUT_HELP)] = InputKind.onehot,
-        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder for bench.csv, bench.md, bench.json and latency_vs_megapixels.png.")] = Path(DEFAULT_OUT),
+        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder: each run writes bench.csv, bench.md, bench.json and latency_vs_megapixels.png to a new folder OUT/run-<time> and points OUT/latest (and OUT/bench.csv etc.) at it; earlier runs are kept.")] = Path(DEFAULT_OUT),
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", metavar="", rich_help_panel="Output", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
     ) -> None:
         """Time models x resolutions x backends x precisions; write CSV, markdown, JSON and a plot."""
@@ -601,15 +626,16 @@ def register(app: typer.Typer) -> None:
         )
         if not any(r.status == "ok" for r in rows):
             raise NoTimes(no_time_summary(rows, out))
-        typer.echo(f"{_summary(rows)}; wrote bench.csv, bench.md, bench.json, latency_vs_megapixels.png to {out}")
+        typer.echo(f"{_summary(rows)}; wrote bench.csv, bench.md, bench.json, latency_vs_megapixels.png to "
+                   f"{_latest_set(out)} ({Path(out) / 'latest'} names it)")
 
     @app.command("report")
     def report_cmd(
         csvs: Annotated[list[Path], typer.Argument(help="bench.csv files written by `asapbench run`, or the folders holding them.")],
-        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder.")] = Path(DEFAULT_OUT) / "report",
+        out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder: the merged set goes to a new folder OUT/report-<time> that OUT/latest then names (earlier sets are kept).")] = Path(DEFAULT_OUT) / "report",
     ) -> None:
-        """Merge bench.csv files and render bench.csv, bench.md, bench.json and the plot again."""
+        """Merge bench.csv files and render bench.csv, bench.md, bench.json and the plot again (incomplete if any input is)."""
         paths, replaced = report(csvs, out)
         for line in replaced:
             typer.echo(f"replaced: {line}", err=True)
-        typer.echo(f"wrote {', '.join(paths)} to {out}" + (f"; {len(replaced)} cell(s) taken from a later file (listed above)" if replaced else ""))
+        typer.echo(f"wrote {', '.join(paths)} to {_latest_set(out)} ({Path(out) / 'latest'} names it)" + (f"; {len(replaced)} cell(s) taken from a later file (listed above)" if replaced else ""))
