@@ -117,6 +117,6 @@ def test_report_names_the_cells_a_later_file_replaced(tmp_path):
     r = asapbench("report", str(a), str(b), "--out", str(tmp_path / "m"))
     assert r.returncode == 0, r.stderr
     replaced = [ln for ln in r.stderr.splitlines() if ln.startswith("replaced:")]
-    assert replaced == [f"replaced: asapnet 256x512 torch fp32 cpu on CPU A: {b / 'bench.csv'} replaces {a / 'bench.csv'}"]
+    assert replaced == [f"replaced: asapnet 256x512 torch fp32 cpu on CPU A: {b} replaces {a}"]
     assert "1 cell(s) taken from a later file" in r.stdout
     assert [x.ms_median for x in read_csv(tmp_path / "m" / "bench.csv")] == [10.0, 80.0, 11.0, 40.0]
