@@ -8,7 +8,7 @@ variant (pixelwise stream in bf16, low-res stream in fp32; what `asapbench run -
 when the whole cast fails its gate), the pixelwise stream alone in bf16, and a bf16 torch.mm; each bf16
 model's output is judged against fp32 by the gate `run` applies (PSNR >= 40 dB). Every round runs
 each candidate once in turn (A, B, C, ... alternated), the report gives per-candidate medians.
-Random weights are spread with asapbench.weights.spread_for_resolution (non-saturated output).
+Random weights come from asapbench.weights.realistic_model, the builder `run` uses (non-saturated output).
 
     PYTHONPATH=. python results/cpu-profile/bench_pixelwise.py --threads 2 --reps 5 --out results/cpu-profile/pixelwise-t2.json
 """
@@ -64,7 +64,7 @@ def main():
     from asapbench.bench import system
     from asapbench.counting import count_macs
     from asapbench.inputs import example_input
-    from asapbench.weights import spread_for_resolution
+    from asapbench.weights import realistic_model
     from exporters.validate import judge_outputs
 
     bf16, bf16_why = system.cpu_bf16_support()
@@ -78,9 +78,7 @@ def main():
     for item in a.sizes.split(","):
         preset, res = item.split(":")
         h, w = (int(v) for v in res.split("x"))
-        torch.manual_seed(0)
-        m = create_generator("asapnet", preset).eval()
-        spread_for_resolution(m, h, w, seed=0)
+        m = realistic_model("asapnet", h, w, preset, seed=0)
         ref = create_generator("asapnet", preset, pixelwise_impl="reference").eval()
         ref.load_state_dict(m.state_dict())
         x = example_input(m, 1, h, w, seed=1)
