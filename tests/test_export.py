@@ -311,9 +311,8 @@ def _toy_graph():
 
 
 def test_fp16_conversion_keeps_unsafe_ops_in_fp32():
-    import onnxruntime as ort
-
     from exporters.fp16 import activation_ranges, convert_to_fp16, emulate_fp16
+    from exporters.ort import make_session
 
     model = _toy_graph()
     x = np.random.default_rng(1).normal(size=(1, 2, 8, 8)).astype(np.float32)
@@ -329,9 +328,7 @@ def test_fp16_conversion_keeps_unsafe_ops_in_fp32():
     assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
     def run(m):
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        return make_session(m, optimize="none").run(None, {"x": x})[0]
 
     ref = run(model)
     for got in (run(half), run(emulate_fp16(half))):

@@ -12,8 +12,8 @@ the JSON also has each one's minimum (``min_ms``), the better estimate on a busy
 - ``torch``: the stages run one after another as PyTorch calls timed with ``perf_counter``; every
   round also times the whole ``model(x)`` so the sum of the stages can be compared with it. The
   staged output is checked against ``model(x)``.
-- ``onnxruntime``: the model is exported (fast pixelwise path, no parity gate) and run with
-  ``SessionOptions.enable_profiling``; kernel times are grouped by stage through each node's module
+- ``onnxruntime``: the model is exported (fast pixelwise path, no parity gate) and run with `run`'s session
+  settings (:func:`exporters.ort.make_session`) plus ``SessionOptions.enable_profiling``; kernel times are grouped by stage through each node's module
   path (``pkg.torch.onnx.name_scopes``) or, for functional code at the top level, its source line;
   nodes ORT inserts (layout reorders) count with the next kernel's stage; the whole-model time is
   ORT's own ``model_run`` event, and the time between kernels is reported as ``(runtime overhead)``.
@@ -440,8 +440,9 @@ def profile_onnxruntime(model: nn.Module, x: torch.Tensor, iters: int, threads: 
     """Export ``model`` (no parity gate), run it in onnxruntime with profiling, group kernel times by stage."""
     from asapbench.errors import require
 
-    ort = require("onnxruntime", extra="ort", why="for --backend onnxruntime")
+    require("onnxruntime", extra="ort", why="for --backend onnxruntime")
     from exporters.onnx_export import torch_to_onnx
+    from exporters.ort import make_session
 
     plan = stage_plan(model)
     with torch.no_grad():
@@ -449,14 +450,7 @@ def profile_onnxruntime(model: nn.Module, x: torch.Tensor, iters: int, threads: 
         ref = model(x).numpy()
     stages = node_stages(proto, plan)
     with tempfile.TemporaryDirectory(prefix="asapbench-profile-") as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = make_session(proto, threads=threads, profile_prefix=os.path.join(tmp, "ort"))  # run's settings
         feed = {sess.get_inputs()[0].name: x.numpy()}
         walls = []
         got = None

@@ -42,16 +42,6 @@ def _onnx(module, args, names):
     return proto
 
 
-def _session(proto, threads):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
@@ -65,6 +55,7 @@ def main():
     from asapbench.counting import count_macs
     from asapbench.inputs import example_input
     from asapbench.weights import realistic_model
+    from exporters.ort import make_session
     from exporters.validate import judge_outputs
 
     bf16, bf16_why = system.cpu_bf16_support()
@@ -120,13 +111,13 @@ def main():
         with torch.no_grad():
             sessions = {}
             if not big:
-                sessions["model.onnxruntime.fast"] = (_session(_onnx(m, (x,), ["label"]), a.threads), {"label": xs})
-                sessions["model.onnxruntime.reference"] = (_session(_onnx(ref, (x,), ["label"]), a.threads), {"label": xs})
-            sessions["pixelwise.onnxruntime.fast"] = (_session(_onnx(_Pixelwise(m), (hr, params), ["hr", "params"]), a.threads),
+                sessions["model.onnxruntime.fast"] = (make_session(_onnx(m, (x,), ["label"]), threads=a.threads), {"label": xs})
+                sessions["model.onnxruntime.reference"] = (make_session(_onnx(ref, (x,), ["label"]), threads=a.threads), {"label": xs})
+            sessions["pixelwise.onnxruntime.fast"] = (make_session(_onnx(_Pixelwise(m), (hr, params), ["hr", "params"]), threads=a.threads),
                                                      {"hr": hs, "params": ps})
             if not big:
                 sessions["pixelwise.onnxruntime.reference"] = (
-                    _session(_onnx(_Pixelwise(ref), (hr, params), ["hr", "params"]), a.threads), {"hr": hs, "params": ps})
+                    make_session(_onnx(_Pixelwise(ref), (hr, params), ["hr", "params"]), threads=a.threads), {"hr": hs, "params": ps})
         for k, (sess, feed) in sessions.items():
             got = sess.run(None, feed)[0]
             want = (y_ref if k.startswith("model") else pw_ref).numpy()
