@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def instance_edges(inst: torch.Tensor) -> torch.Tensor:
@@ -120,11 +119,6 @@ def example_input(model, batch: int, height: int, width: int, seed: int = 0) -> 
     return encode_labels(
         labels, label_nc, inst if model.instance_edge else None, contain_dontcare=model.contain_dontcare
     )
-
-
-def resize_labels(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Nearest-neighbour resize of an integer map ``[N, 1, h, w]`` (legacy 'nearest', as the official loaders)."""
-    return F.interpolate(labels.float(), size=(height, width), mode="nearest").to(labels.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

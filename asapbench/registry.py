@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from asapbench.errors import UserError
@@ -37,7 +37,6 @@ class ModelSpec:
     tiny: bool = False  # a small test variant
     family: str = ""  # the full model a tiny variant stands in for
     input_kind: str = "labels"  # "labels" (one-hot + instance edge) or "image" (pix2pix RGB)
-    tags: tuple[str, ...] = field(default_factory=tuple)
     #: (H, W) -> (preset, overrides): how the paper configures this model for a resolution that no
     #: preset was trained at (a preset trained at exactly H x W always wins). None: the default preset.
     configure: Callable[[int, int], tuple[str, dict[str, Any]]] | None = None

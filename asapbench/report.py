@@ -21,14 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from asapbench.bench.timing import COV_WARN
 from asapbench.errors import UserError
-from asapbench.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from asapbench.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA = "asapbench.bench/1"
-STATUSES = ("ok", "oom", "unsupported", "budget", "error")
-FILES = ("bench.csv", "bench.md", "bench.json", "latency_vs_megapixels.png")
 
 
 @dataclass
@@ -97,10 +95,6 @@ class BenchRow:
     @property
     def res(self) -> str:
         return f"{self.height}x{self.width}"
-
-    @property
-    def megapixels(self) -> float:
-        return self.height * self.width / 1e6
 
     @property
     def ms_per_image(self) -> float | None:
@@ -592,11 +586,6 @@ def _models_table(df: pd.DataFrame, res_cols: list[str]) -> list[str]:
     return _md_table(pd.DataFrame(body, columns=["model", *res_cols]))
 
 
-def write_markdown(rows: Sequence[BenchRow], path: str | os.PathLike, envs: Sequence[dict[str, Any]] | None = None,
-                   run_state: dict[str, Any] | None = None) -> Path:
-    return atomic_write_text(path, markdown(rows, envs, run_state=run_state))
-
-
 # --------------------------------------------------------------------------------------------
 # JSON
 # --------------------------------------------------------------------------------------------
@@ -619,20 +608,9 @@ def json_obj(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     return obj
 
 
-def write_json(rows: Sequence[BenchRow], path: str | os.PathLike, envs: Sequence[dict[str, Any]] | None = None,
-               sources: Sequence[str] = (), run_state: dict[str, Any] | None = None) -> Path:
-    return atomic_write_json(path, json_obj(rows, envs, sources, run_state))
-
-
 # --------------------------------------------------------------------------------------------
 # plot
 # --------------------------------------------------------------------------------------------
-def plot_latency(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
-    """Log-log latency (ms per image, median) against megapixels, one line per model x backend; with one
-    resolution, one bar per model x backend. Noisy cells (CoV above the threshold) are marked †."""
-    return atomic_write_bytes(path, plot_png(rows))
-
-
 def _bars(ax, df: pd.DataFrame, machines: list[str]) -> None:
     """One horizontal bar per cell (one resolution), fastest at the top; noisy cells hatched and marked †."""
     colors = __import__("matplotlib.pyplot").pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -656,7 +634,9 @@ def _bars(ax, df: pd.DataFrame, machines: list[str]) -> None:
 
 
 def plot_png(rows: Sequence[BenchRow]) -> bytes:
-    """The PNG bytes of latency_vs_megapixels.png (see :func:`plot_latency`)."""
+    """The PNG bytes of latency_vs_megapixels.png: log-log latency (ms per image, median) against megapixels,
+    one line per model x backend; with one resolution, one bar per model x backend. Noisy cells (CoV above
+    the threshold) are marked †."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
