@@ -22,7 +22,7 @@ from torch import nn
 
 from asapbench.errors import UserError
 from asapbench.models.base import Generator
-from asapbench.registry import ModelSpec, Preset, register_model
+from asapbench.modelspec import ModelSpec, Preset, register_model
 
 
 def _norm(channels: int) -> nn.Module:

@@ -31,7 +31,7 @@ from torch.nn.utils import remove_spectral_norm, spectral_norm
 
 from asapbench.errors import UserError
 from asapbench.models.base import Generator
-from asapbench.registry import ModelSpec, Preset, register_model
+from asapbench.modelspec import ModelSpec, Preset, register_model
 
 #: num_upsampling_layers -> n, the number of x2 upsamplings from the latent to the output
 UPSAMPLING = {"normal": 5, "more": 6, "most": 7}

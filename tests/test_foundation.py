@@ -48,6 +48,19 @@ def test_unknown_names_list_the_valid_ones():
         create_generator("asapnet", "cityscapes-2048")
 
 
+def test_a_duplicate_model_name_is_refused():
+    """A second entry under a taken name raises instead of silently replacing the first."""
+    import dataclasses
+
+    from asapbench.modelspec import register_model
+    from asapbench.registry import get_spec
+
+    first = get_spec("asapnet-tiny")
+    with pytest.raises(ValueError, match="asapnet-tiny.*already registered"):
+        register_model(dataclasses.replace(first, description="an impostor"))
+    assert get_spec("asapnet-tiny") is first
+
+
 def test_paper_configuration_per_resolution():
     assert configure_for_resolution("asapnet", 256, 512) == ("cityscapes", {})
     assert configure_for_resolution("asapnet", 1024, 1024) == ("facades1024", {})
@@ -134,7 +147,7 @@ def test_counting_uses_no_real_forward_and_is_fast():
 # CLI -----------------------------------------------------------------------------------------
 def test_import_and_help_do_not_import_heavy_optional_packages():
     code = (
-        "import sys, asapbench, asapbench.cli, asapbench.registry as r; r._ensure_loaded();"
+        "import sys, asapbench, asapbench.cli, asapbench.registry;"
         "from asapbench.cli import app;"
         "heavy=[m for m in sys.modules if m.split('.')[0] in ('onnx','onnxruntime','tensorrt','pycuda','onnxscript')];"
         "print(heavy); sys.exit(1 if heavy else 0)"
