@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from exporters.node_eval import NodeByNodeSession
+from exporters.onnx_types import FLOAT, FLOAT16, value_types
+
 #: ops that stay in fp32 wherever they occur
 KEEP_FP32_OPS = frozenset({
     "InstanceNormalization", "LayerNormalization", "GroupNormalization", "LpNormalization",
@@ -40,40 +43,6 @@ KEEP_FP32_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
 FP16_MAX = 65504.0
 DEFAULT_MAX_ABS = 8192.0
 
-_FLOAT = 1  # onnx.TensorProto.FLOAT
-_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
-
-
-def _value_types(model) -> dict[str, int]:
-    """Element type of every named value of the main graph (inputs, initializers, intermediates)."""
-    import onnx
-
-    g = model.graph
-    types: dict[str, int] = {}
-    for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.HasField("tensor_type"):
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in g.initializer:
-        types[init.name] = init.data_type
-    for n in g.node:
-        if n.op_type == "Cast" and n.output[0] not in types:
-            types[n.output[0]] = next(a.i for a in n.attribute if a.name == "to")
-    missing = [o for n in g.node for o in n.output if o and o not in types]
-    if missing:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=False)
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            if vi.type.HasField("tensor_type") and vi.name not in types:
-                types[vi.name] = vi.type.tensor_type.elem_type
-    for n in g.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value" and n.output[0] not in types:
-                    types[n.output[0]] = a.t.data_type
-                elif a.name in ("value_float", "value_floats"):
-                    types[n.output[0]] = _FLOAT
-    return types
-
-
 def activation_ranges(model, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
     """Largest |value| of every float intermediate of ``model`` over the input ``feeds``.
 
@@ -83,7 +52,6 @@ def activation_ranges(model, feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[
     2.2x an ordinary inference (SPADE at 1024 x 1024: 11.6 GB against 5.3; out of memory at 2048 x 2048).
     NaN/Inf come back as ``inf``.
     """
-    from exporters.node_eval import NodeByNodeSession
 
     sess = NodeByNodeSession(model)
     ranges: dict[str, float] = {}
@@ -119,10 +87,10 @@ def convert_to_fp16(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    types = _value_types(out)
+    types = value_types(out)
     inits = {i.name: i for i in g.initializer}
     for name, init in inits.items():
-        if init.data_type == _FLOAT and name not in ranges:
+        if init.data_type == FLOAT and name not in ranges:
             arr = numpy_helper.to_array(init)
             ranges[name] = float(np.abs(arr).max()) if arr.size else 0.0
 
@@ -133,12 +101,12 @@ def convert_to_fp16(
         return None
 
     for n in g.node:  # constants: their range is known without running anything
-        if n.op_type == "Constant" and types.get(n.output[0]) == _FLOAT and const_value(n) is not None:
+        if n.op_type == "Constant" and types.get(n.output[0]) == FLOAT and const_value(n) is not None:
             arr = numpy_helper.to_array(const_value(n).t)
             ranges.setdefault(n.output[0], float(np.abs(arr).max()) if arr.size else 0.0)
 
     def is_float(name: str) -> bool:
-        return bool(name) and types.get(name) == _FLOAT
+        return bool(name) and types.get(name) == FLOAT
 
     def type_neutral_input(n, idx: int) -> bool:
         """Inputs that are taken as they come (Cast converts anything)."""
@@ -190,7 +158,7 @@ def convert_to_fp16(
     alias16: dict[str, str] = {}  # value -> name of its fp16 version
     alias32: dict[str, str] = {}  # fp16 value -> name of its fp32 version
     for name, init in inits.items():
-        if init.data_type != _FLOAT or name not in need16:
+        if init.data_type != FLOAT or name not in need16:
             continue
         half = numpy_helper.from_array(to16(numpy_helper.to_array(init)), name)
         if name in need32:
@@ -215,7 +183,7 @@ def convert_to_fp16(
         for public, priv in private.items():
             produced16.discard(public)
             produced16.add(priv)
-            types[priv] = _FLOAT
+            types[priv] = FLOAT
             alias32[priv] = public
 
     # 5. rebuild the node list, inserting each Cast once, right before its first use
@@ -236,12 +204,12 @@ def convert_to_fp16(
             return v
         if alias16.get(v) in dup_inits:
             return alias16[v]
-        return cast(v, alias16.setdefault(v, f"{v}__to_fp16"), _FLOAT16)
+        return cast(v, alias16.setdefault(v, f"{v}__to_fp16"), FLOAT16)
 
     def as32(v: str) -> str:
         if v not in produced16:
             return v
-        return cast(v, alias32.get(v, f"{v}__to_fp32"), _FLOAT)
+        return cast(v, alias32.get(v, f"{v}__to_fp32"), FLOAT)
 
     for n, lo in zip(list(g.node), low):
         ins = list(n.input)
@@ -265,8 +233,8 @@ def convert_to_fp16(
     for vi in g.value_info:
         if vi.name in private:
             continue
-        if vi.name in produced16 and vi.type.tensor_type.elem_type == _FLOAT:
-            vi.type.tensor_type.elem_type = _FLOAT16
+        if vi.name in produced16 and vi.type.tensor_type.elem_type == FLOAT:
+            vi.type.tensor_type.elem_type = FLOAT16
         kept.append(vi)
     del g.value_info[:]
     g.value_info.extend(kept)
@@ -299,34 +267,34 @@ def emulate_fp16(model, copy: bool = True) -> Any:
     else:
         out = model
     g = out.graph
-    types = _value_types(out)
+    types = value_types(out)
     for init in g.initializer:
-        if init.data_type == _FLOAT16:
+        if init.data_type == FLOAT16:
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
     nodes = []
     for i, n in enumerate(g.node):
         if n.op_type == "Constant":
             for a in n.attribute:
-                if a.name == "value" and a.t.data_type == _FLOAT16:
+                if a.name == "value" and a.t.data_type == FLOAT16:
                     a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
             nodes.append(n)
             continue
-        half_outs = [o for o in n.output if o and types.get(o) == _FLOAT16]
+        half_outs = [o for o in n.output if o and types.get(o) == FLOAT16]
         if n.op_type == "Cast":
             to = next(a for a in n.attribute if a.name == "to")
-            if to.i == _FLOAT16:
+            if to.i == FLOAT16:
                 half_outs = list(n.output)
-                to.i = _FLOAT
+                to.i = FLOAT
         renamed = {o: f"{o}__emu32_{i}" for o in half_outs}
         n.output[:] = [renamed.get(o, o) for o in n.output]
         nodes.append(n)
         for o, tmp in renamed.items():
-            nodes.append(helper.make_node("Cast", [tmp], [f"{tmp}_h"], to=_FLOAT16))
-            nodes.append(helper.make_node("Cast", [f"{tmp}_h"], [o], to=_FLOAT))
+            nodes.append(helper.make_node("Cast", [tmp], [f"{tmp}_h"], to=FLOAT16))
+            nodes.append(helper.make_node("Cast", [f"{tmp}_h"], [o], to=FLOAT))
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]
     for vi in list(g.input) + list(g.output):
-        if vi.type.tensor_type.elem_type == _FLOAT16:
-            vi.type.tensor_type.elem_type = _FLOAT
+        if vi.type.tensor_type.elem_type == FLOAT16:
+            vi.type.tensor_type.elem_type = FLOAT
     return out

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from asapbench.errors import require
+from exporters.onnx_types import value_types
 from exporters.ort import make_session
 
 #: ops whose attributes hold subgraphs: they would need their outer scope's values, so a graph
@@ -47,9 +48,7 @@ class NodeByNodeSession:
         self._nodes = list(g.node)
         self._inputs = [i.name for i in g.input if i.name not in self._init]
         self._outputs = [o.name for o in g.output]
-        from exporters.fp16 import _value_types
-
-        self._out_types = _value_types(model)  # element type of each node output (single-node graphs declare it)
+        self._out_types = value_types(model)  # element type of each node output (single-node graphs declare it)
         self._optimize = optimize
         #: largest total of bytes held in values at once during the last run (after each node)
         self.peak_live_bytes = 0
