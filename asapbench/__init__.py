@@ -11,7 +11,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from asapbench.errors import UserError
-from asapbench.registry import configure_for_resolution, create_generator, list_models
 
 __all__ = [
     "UserError",
@@ -25,7 +24,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name):  # lazy: keep `import asapbench` light
+def __getattr__(name):  # lazy: keep `import asapbench` light (torch and the generators load on first use)
+    if name in ("create_generator", "list_models", "configure_for_resolution"):
+        from asapbench import registry
+
+        return getattr(registry, name)
     if name == "load_generator":
         from asapbench.checkpoint import load_generator
 

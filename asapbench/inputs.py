@@ -1,9 +1,5 @@
-"""Generator inputs: realistic label maps, instance edges and the official input encoding.
-
-The encoding follows the official code (docs/generators.md, "Input encoding"): one-hot of
-the label map (channel c is 1.0 where label == c), an optional don't-care channel, then the
-instance-edge channel. Edges: a pixel is 1.0 where its instance id differs from any existing
-4-neighbour (both pixels of an unequal pair are marked; no diagonals, no wrap-around).
+"""Generator inputs: realistic label maps, label maps read from files, and each model's input made from
+them with the official encoding (:mod:`asapbench.labels`).
 """
 
 from __future__ import annotations
@@ -11,47 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-
-def instance_edges(inst: torch.Tensor) -> torch.Tensor:
-    """Instance-edge map of integer ids ``[N, 1, H, W]`` (or ``[H, W]``) as float 0/1, same shape."""
-    squeeze = inst.dim() == 2
-    t = inst.reshape(1, 1, *inst.shape) if squeeze else inst
-    edge = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
-    dx = t[..., :, 1:] != t[..., :, :-1]
-    dy = t[..., 1:, :] != t[..., :-1, :]
-    edge[..., :, 1:] |= dx
-    edge[..., :, :-1] |= dx
-    edge[..., 1:, :] |= dy
-    edge[..., :-1, :] |= dy
-    out = edge.float()
-    return out.reshape(inst.shape) if squeeze else out
-
-
-def encode_labels(
-    labels: torch.Tensor,
-    label_nc: int,
-    instances: torch.Tensor | None = None,
-    contain_dontcare: bool = False,
-) -> torch.Tensor:
-    """Official generator input from an integer label map ``[N, 1, H, W]`` (and instance ids).
-
-    Returns float32 ``[N, label_nc (+1 dontcare) (+1 edge), H, W]``.
-    """
-    if labels.dim() == 3:
-        labels = labels.unsqueeze(1)
-    n_cls = label_nc + (1 if contain_dontcare else 0)
-    lab = labels.long()
-    if int(lab.min()) < 0 or int(lab.max()) >= n_cls:
-        raise ValueError(f"label ids must lie in [0, {n_cls - 1}], got [{int(lab.min())}, {int(lab.max())}]")
-    onehot = torch.zeros(lab.shape[0], n_cls, *lab.shape[2:], dtype=torch.float32, device=lab.device)
-    onehot.scatter_(1, lab, 1.0)
-    if instances is None:
-        return onehot
-    if instances.dim() == 3:
-        instances = instances.unsqueeze(1)
-    return torch.cat([onehot, instance_edges(instances)], dim=1)
+from asapbench.labels import LABEL_DTYPE, encode_labels, label_palette
 
 
 def random_label_map(
@@ -82,12 +39,6 @@ def random_label_map(
     return torch.stack(labels).unsqueeze(1), torch.stack(insts).unsqueeze(1)
 
 
-def label_palette(label_nc: int, seed: int = 12345) -> torch.Tensor:
-    """A fixed RGB colour per label, float ``[label_nc, 3]`` in [-1, 1] (pix2pix-style label images)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(label_nc, 3, generator=g) * 2 - 1
-
-
 def labels_to_image(labels: torch.Tensor, label_nc: int) -> torch.Tensor:
     """Render an integer label map ``[N, 1, H, W]`` as an RGB image in [-1, 1] (pix2pix input)."""
     pal = label_palette(label_nc).to(labels.device)
@@ -98,8 +49,6 @@ def label_input(model, labels: torch.Tensor, instances: torch.Tensor | None = No
     """The label-map input of ``model`` in ``--input labels`` mode: int32 ``[N, 1, H, W]`` label ids, or
     ``[N, 2, H, W]`` (channel 1: instance ids, the labels themselves when there are none) for a model
     whose input has the instance-edge channel (``model.label_input_nc``)."""
-    from asapbench.models.base import LABEL_DTYPE
-
     if labels.dim() == 3:
         labels = labels.unsqueeze(1)
     if model.label_input_nc == 1:
@@ -120,11 +69,6 @@ def example_input(model, batch: int, height: int, width: int, seed: int = 0) -> 
     return encode_labels(
         labels, label_nc, inst if model.instance_edge else None, contain_dontcare=model.contain_dontcare
     )
-
-
-def resize_labels(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Nearest-neighbour resize of an integer map ``[N, 1, h, w]`` (legacy 'nearest', as the official loaders)."""
-    return F.interpolate(labels.float(), size=(height, width), mode="nearest").to(labels.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

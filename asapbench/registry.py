@@ -4,79 +4,34 @@
 A preset is a set of constructor keyword arguments (the official configuration of one
 checkpoint); ``overrides`` replace single keyword arguments. Unknown names, presets or
 keyword arguments raise :class:`asapbench.errors.UserError` listing the valid choices.
+
+The entries live in :mod:`asapbench.modelspec` (a leaf the generators register into); this module imports
+the generator modules once, at its top, so every lookup sees them all. ``import asapbench`` does not import
+it (the package's names are lazy), so it stays torch-free.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+import asapbench.models  # noqa: F401  (registers asapnet)
+import baselines  # noqa: F401  (registers pix2pixhd, spade, pix2pix)
 from asapbench.errors import UserError
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One configuration of a generator (usually the one an official checkpoint was trained with)."""
-
-    name: str
-    kwargs: dict[str, Any]
-    resolution: tuple[int, int]  # (H, W) the preset was trained / is timed at by the paper
-    manifest: str | None = None  # file name of the official state-dict manifest in asapbench/fixtures (docs/generators.md, "Sources")
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    builder: Callable[..., Any]
-    presets: dict[str, Preset]
-    default_preset: str
-    description: str = ""
-    tiny: bool = False  # a small test variant
-    family: str = ""  # the full model a tiny variant stands in for
-    input_kind: str = "labels"  # "labels" (one-hot + instance edge) or "image" (pix2pix RGB)
-    tags: tuple[str, ...] = field(default_factory=tuple)
-    #: (H, W) -> (preset, overrides): how the paper configures this model for a resolution that no
-    #: preset was trained at (a preset trained at exactly H x W always wins). None: the default preset.
-    configure: Callable[[int, int], tuple[str, dict[str, Any]]] | None = None
-
-
-_REGISTRY: dict[str, ModelSpec] = {}
-_LOADED = False
-
-
-def register_model(spec: ModelSpec) -> ModelSpec:
-    """Add a model to the registry (called at import time by asapbench.models and baselines)."""
-    if spec.default_preset not in spec.presets:
-        raise ValueError(f"{spec.name}: default preset {spec.default_preset!r} is not among its presets")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _ensure_loaded() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import asapbench.models  # noqa: F401  (registers asapnet)
-    import baselines  # noqa: F401  (registers pix2pixhd, spade, pix2pix)
+from asapbench.modelspec import MODELS, ModelSpec, Preset
 
 
 def model_names(include_tiny: bool = True) -> list[str]:
-    _ensure_loaded()
-    return [n for n, s in _REGISTRY.items() if include_tiny or not s.tiny]
+    return [n for n, s in MODELS.items() if include_tiny or not s.tiny]
 
 
 def get_spec(name: str) -> ModelSpec:
     """Look a model up by name; an unknown name raises UserError listing the valid ones."""
-    _ensure_loaded()
     try:
-        return _REGISTRY[name]
+        return MODELS[name]
     except KeyError:
         raise UserError(
-            f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)} (see `asapbench models`)"
+            f"unknown model {name!r}; choose one of: {', '.join(MODELS)} (see `asapbench models`)"
         ) from None
 
 
@@ -95,7 +50,7 @@ def list_models(include_tiny: bool = True) -> list[dict[str, Any]]:
     """Names, presets and descriptions of every registered generator."""
     out = []
     for n in model_names(include_tiny):
-        s = _REGISTRY[n]
+        s = MODELS[n]
         out.append(
             {
                 "name": n,

@@ -1,4 +1,4 @@
-"""One result record (:class:`BenchRow`) and its renderings: bench.csv, bench.md, bench.json and
+"""The renderings of result records (:class:`asapbench.record.BenchRow`): bench.csv, bench.md, bench.json and
 latency_vs_megapixels.png.
 
 Every file is written to a temporary name and renamed (``asapbench.fsutil``), so an interrupted
@@ -15,110 +15,21 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asapbench.bench.timing import COV_WARN
 from asapbench.errors import UserError
-from asapbench.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
+from asapbench.fsutil import atomic_write_text
+from asapbench.record import BenchRow
 
 if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA = "asapbench.bench/1"
-STATUSES = ("ok", "oom", "unsupported", "budget", "error")
+#: the files of one result set (a run's or a report's set folder; OUT/<name> links to OUT/latest/<name>)
 FILES = ("bench.csv", "bench.md", "bench.json", "latency_vs_megapixels.png")
-
-
-@dataclass
-class BenchRow:
-    """One cell of a sweep: a model at one resolution on one backend/precision/device.
-
-    ``ms_*`` are per forward call (one batch), measured with the input already on the device
-    (GPU-only time); ``e2e_ms_*`` go from a host float32 tensor to a host array. Empty (None) where
-    the cell did not produce a time (``status`` != ``ok``); ``note`` says why.
-    """
-
-    model: str
-    preset: str = ""
-    overrides: str = ""  # constructor overrides on top of the preset, e.g. "scale=64"
-    checkpoint: str = ""
-    backend: str = ""  # torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt
-    provider: str = ""  # what actually ran: e.g. CUDAExecutionProvider, "cpu", "cuda"
-    precision: str = "fp32"
-    device: str = "cpu"
-    cuda_graph: bool = False
-    height: int = 0
-    width: int = 0
-    batch: int = 1
-    input_nc: int | None = None  # channels of the model's input (label one-hot + instance edges)
-    input: str = "onehot"  # what the model took: onehot (official float tensor) or labels (int32 label map, --input labels)
-    input_bytes: int | None = None  # bytes of one image's host input (what end-to-end time copies in)
-    params: int | None = None
-    macs: int | None = None  # per image (counted at batch 1), asapbench.counting.count_macs
-    gmacs: float | None = None  # per image, 1e9 MACs
-    ms_median: float | None = None
-    ms_mean: float | None = None
-    ms_p90: float | None = None
-    ms_p99: float | None = None
-    ms_min: float | None = None
-    ms_max: float | None = None
-    ms_std: float | None = None
-    cov: float | None = None
-    iters: int | None = None
-    warmup_iters: int | None = None
-    timed_s: float | None = None
-    img_per_s: float | None = None
-    e2e_ms_median: float | None = None
-    e2e_ms_mean: float | None = None
-    e2e_iters: int | None = None
-    peak_mem_mib: float | None = None
-    mem_kind: str = ""
-    threads: int | None = None
-    status: str = "ok"
-    note: str = ""
-    cell_s: float | None = None  # wall seconds the whole cell took (build, export, warm-up, timing)
-    # environment columns (the full snapshot is in bench.json)
-    cpu_model: str = ""
-    gpu_name: str = ""
-    driver_version: str = ""
-    cuda_version: str = ""
-    torch_version: str = ""
-    onnxruntime_version: str = ""
-    tensorrt_version: str = ""
-    git_sha: str = ""
-    timestamp: str = ""
-    # raw per-run times (ms) of the timed and end-to-end runs: bench.json only (not CSV columns)
-    samples_ms: list[float] | None = field(default=None, compare=False)
-    e2e_samples_ms: list[float] | None = field(default=None, compare=False)
-
-    # -- helpers ---------------------------------------------------------------------------
-    @property
-    def res(self) -> str:
-        return f"{self.height}x{self.width}"
-
-    @property
-    def megapixels(self) -> float:
-        return self.height * self.width / 1e6
-
-    @property
-    def ms_per_image(self) -> float | None:
-        return None if self.ms_median is None else self.ms_median / max(1, self.batch)
-
-    @property
-    def e2e_ms_per_image(self) -> float | None:
-        return None if self.e2e_ms_median is None else self.e2e_ms_median / max(1, self.batch)
-
-    @property
-    def machine(self) -> str:
-        """The GPU name for CUDA rows, else the CPU model."""
-        if self.device == "cuda" and self.gpu_name:
-            return self.gpu_name
-        return self.cpu_model or self.device
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 #: fields kept in bench.json only (lists: the raw samples)
@@ -662,11 +573,6 @@ def _models_table(df: pd.DataFrame, res_cols: list[str]) -> list[str]:
     return _md_table(pd.DataFrame(body, columns=["model", *res_cols]))
 
 
-def write_markdown(rows: Sequence[BenchRow], path: str | os.PathLike, envs: Sequence[dict[str, Any]] | None = None,
-                   run_state: dict[str, Any] | None = None) -> Path:
-    return atomic_write_text(path, markdown(rows, envs, run_state=run_state))
-
-
 # --------------------------------------------------------------------------------------------
 # JSON
 # --------------------------------------------------------------------------------------------
@@ -689,20 +595,9 @@ def json_obj(rows: Sequence[BenchRow], envs: Sequence[dict[str, Any]] | None = N
     return obj
 
 
-def write_json(rows: Sequence[BenchRow], path: str | os.PathLike, envs: Sequence[dict[str, Any]] | None = None,
-               sources: Sequence[str] = (), run_state: dict[str, Any] | None = None) -> Path:
-    return atomic_write_json(path, json_obj(rows, envs, sources, run_state))
-
-
 # --------------------------------------------------------------------------------------------
 # plot
 # --------------------------------------------------------------------------------------------
-def plot_latency(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
-    """Log-log latency (ms per image, median) against megapixels, one line per model x backend; with one
-    resolution, one bar per model x backend. Noisy cells (CoV above the threshold) are marked †."""
-    return atomic_write_bytes(path, plot_png(rows))
-
-
 def _bars(ax, df: pd.DataFrame, machines: list[str]) -> None:
     """One horizontal bar per cell (one resolution), fastest at the top; noisy cells hatched and marked †."""
     colors = __import__("matplotlib.pyplot").pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -740,7 +635,9 @@ def _input_groups(df) -> list[str]:
 
 
 def plot_png(rows: Sequence[BenchRow]) -> bytes:
-    """The PNG bytes of latency_vs_megapixels.png (see :func:`plot_latency`)."""
+    """The PNG bytes of latency_vs_megapixels.png: log-log latency (ms per image, median) against megapixels,
+    one line per model x backend; with one resolution, one bar per model x backend. Noisy cells (CoV above
+    the threshold) are marked †."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)

@@ -147,23 +147,14 @@ def auto_save_every(total_steps: int) -> int:
 
 
 def _parse_hw(text: str | None, what: str) -> tuple[int, int] | None:
-    """``"HxW"`` (or an (H, W) pair) as ``(H, W)``; None stays None. ``what`` names the option in errors."""
+    """``"HxW"`` (or an (H, W) pair) as ``(H, W)``; None stays None (``what``: the option, for the caller)."""
     if text is None:
         return None
     if isinstance(text, (tuple, list)):
         return int(text[0]), int(text[1])
-    try:
-        from asapbench.resolution import parse_resolution
-    except ImportError:  # pragma: no cover - resolution.py is part of the package
-        parse_resolution = None
-    if parse_resolution is not None:
-        return parse_resolution(text)
-    parts = str(text).lower().split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[-1]))
-    except ValueError:
-        raise UserError(f"cannot read {what} {text!r}; write HEIGHTxWIDTH, e.g. 256x512") from None
-    return h, w
+    from asapbench.resolution import parse_resolution
+
+    return parse_resolution(text)
 
 
 def resolve_config(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> TrainConfig:

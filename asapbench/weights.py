@@ -4,8 +4,9 @@ neither a saturated nor a collapsed tanh.
 Default PyTorch initialisation saturates most of these generators (a random ASAP-Net cityscapes has
 91% of its pixels at |y| > 0.99) and drives a random SPADE's activations to ~1e16, which makes any
 parity comparison meaningless and fp16 overflow. A run's cost does not depend on the values, so
-``asapbench run`` (every backend, torch included) and ``asapbench export`` both use
-:func:`spread_for_resolution` on random weights; never on a checkpoint. See docs/export.md.
+``asapbench run`` (every backend, torch included), ``asapbench export``, ``asapbench profile``, the tests and
+the scripts all build through :func:`realistic_model` (one recipe, :data:`SPREAD_STEPS`), so an export made by
+one is reused by the others (its cache key holds ``weights_sha256``); never on a checkpoint. See docs/export.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 
+#: bisection steps of the last layer's scale in :func:`spread_for_resolution`: the one recipe every caller uses
+SPREAD_STEPS = 4
 
 # --------------------------------------------------------------------------------------------
 def _last_weighted_module(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
@@ -115,7 +118,7 @@ def spread_random_weights(
     return a
 
 
-def spread_for_resolution(model: torch.nn.Module, height: int, width: int, seed: int, steps: int = 10) -> float:
+def spread_for_resolution(model: torch.nn.Module, height: int, width: int, seed: int) -> float:
     """:func:`spread_random_weights` on a realistic label map of the aspect of H x W (at most 128x256
     pixels, :func:`calibration_size`), recording what was done in ``model.weights_note`` (sidecars and
     benchmark rows carry it). For random weights only; returns the factor applied to the last layer."""
@@ -123,7 +126,7 @@ def spread_for_resolution(model: torch.nn.Module, height: int, width: int, seed:
 
     ch, cw = calibration_size(model, height, width)
     model.check_input_size(ch, cw)
-    factor = spread_random_weights(model, example_input(model, 1, ch, cw, seed=seed), steps=steps)
+    factor = spread_random_weights(model, example_input(model, 1, ch, cw, seed=seed), steps=SPREAD_STEPS)
     model.weights_note = (
         f"random init (torch.manual_seed({seed})), BatchNorm statistics calibrated and the last weighted layer "
         f"scaled by {factor:.4g} on a {ch}x{cw} label map so the output std is ~0.4 instead of a saturated tanh"
@@ -153,10 +156,11 @@ def calibration_size(model, height: int, width: int, max_area: int = 128 * 256) 
 def realistic_model(name: str, height: int, width: int, preset: str | None = None, seed: int = 0,
                     **overrides: Any) -> torch.nn.Module:
     """``name`` configured for H x W (:func:`asapbench.registry.build_for_resolution`), seeded random
-    weights made realistic here, ready for inference: the model `run` and `profile` time."""
+    weights made realistic here, ready for inference: the one builder of the model `export`, `run` and
+    `profile` use (and the tests and scripts), so that their exports share one cache key."""
     from asapbench.registry import build_for_resolution
 
     model = build_for_resolution(name, height, width, preset, seed=seed, **overrides)
     model.prepare_for_inference()
-    spread_for_resolution(model, height, width, seed, steps=4)
+    spread_for_resolution(model, height, width, seed)
     return model

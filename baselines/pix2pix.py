@@ -24,7 +24,8 @@ from torch import nn
 
 from asapbench.errors import UserError
 from asapbench.models.base import Generator
-from asapbench.registry import ModelSpec, Preset, register_model
+from asapbench.modelspec import ModelSpec, Preset, register_model
+from asapbench.stages import StagePlan, with_label_encoding
 
 
 class UnetSkipConnectionBlock(nn.Module):
@@ -125,6 +126,10 @@ class UnetGenerator(Generator):
         m = 2**self.num_downs
         return m, m
 
+    def stage_plan(self) -> StagePlan:
+        """The stages ``asapbench profile`` times (:class:`asapbench.stages.StagePlan`)."""
+        return with_label_encoding(self, _unet_plan(self))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
         x = self.model_input(x)  # label-map input: encoded here (--input labels)
         if x.dim() != 4 or x.shape[1] != self.input_nc:
@@ -165,3 +170,47 @@ register_model(ModelSpec(
     family="pix2pix",
     input_kind="image",
 ))
+
+
+def _unet_plan(m) -> StagePlan:
+    blocks, paths = [], []
+    b, path = m.model, "model"
+    while b is not None:
+        blocks.append(b)
+        paths.append(path)
+        inner = [(i, c) for i, c in enumerate(b.model) if isinstance(c, UnetSkipConnectionBlock)]
+        b, path = (inner[0][1], f"{path}.model.{inner[0][0]}") if inner else (None, None)
+    splits = []
+    scopes: dict[str, str] = {}
+    for blk, pth in zip(blocks, paths):
+        layers = list(blk.model)
+        sub = [i for i, c in enumerate(layers) if isinstance(c, UnetSkipConnectionBlock)]
+        if sub:
+            lo, hi = sub[0], sub[0] + 1
+        else:  # innermost: split after the down convolution
+            lo = hi = next(i for i, c in enumerate(layers) if isinstance(c, nn.Conv2d)) + 1
+        splits.append((layers[:lo], layers[hi:]))
+        scopes[pth] = "up path"  # the skip concatenation of the block
+        for i in range(len(layers)):
+            if i < lo or i >= hi:
+                scopes[f"{pth}.model.{i}"] = "down path" if i < lo else "up path"
+
+    def down(x):
+        ins = [x]
+        for dn, _ in splits:
+            y = ins[-1]
+            for layer in dn:
+                y = layer(y)
+            ins.append(y)
+        return ins
+
+    def up(ins):
+        y = ins[-1]
+        for k in range(len(blocks) - 1, -1, -1):
+            for layer in splits[k][1]:
+                y = layer(y)
+            if not blocks[k].outermost:
+                y = torch.cat([ins[k], y], 1)
+        return y
+
+    return StagePlan([("down path", down), ("up path", up)], scopes=scopes)

@@ -22,7 +22,8 @@ from torch import nn
 
 from asapbench.errors import UserError
 from asapbench.models.base import Generator
-from asapbench.registry import ModelSpec, Preset, register_model
+from asapbench.modelspec import ModelSpec, Preset, register_model
+from asapbench.stages import StagePlan, seq_range, with_label_encoding
 
 
 def _norm(channels: int) -> nn.Module:
@@ -134,6 +135,10 @@ class Pix2PixHDGlobal(Generator):
         m = max(4, 2 ** (self.n_downsampling + 1))
         return m, m
 
+    def stage_plan(self) -> StagePlan:
+        """The stages ``asapbench profile`` times (:class:`asapbench.stages.StagePlan`)."""
+        return with_label_encoding(self, _pix2pixhd_global_plan(self))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
         x = self.model_input(x)  # label-map input: encoded here (--input labels)
         _check_labels_input(self, x, "pix2pixHD (global)")
@@ -206,6 +211,10 @@ class Pix2PixHDLocal(Generator):
     def downsample(x: torch.Tensor) -> torch.Tensor:
         """The input pyramid step: 3x3 average, stride 2, zero pad 1 not counted in the mean."""
         return F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+
+    def stage_plan(self) -> StagePlan:
+        """The stages ``asapbench profile`` times (:class:`asapbench.stages.StagePlan`)."""
+        return with_label_encoding(self, _pix2pixhd_local_plan(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
         x = self.model_input(x)  # label-map input: encoded here (--input labels)
@@ -282,3 +291,49 @@ register_model(ModelSpec(
     tiny=True,
     family="pix2pixhd-local",
 ))
+
+
+def _global_split(seq: nn.Sequential) -> tuple[int, int]:
+    idx = [i for i, layer in enumerate(seq) if isinstance(layer, ResnetBlock)]
+    return (idx[0], idx[-1] + 1) if idx else (len(seq), len(seq))
+
+
+def _pix2pixhd_global_plan(m) -> StagePlan:
+    i0, i1 = _global_split(m.model)
+    scopes = {f"model.{i}": ("front" if i < i0 else "residual blocks" if i < i1 else "back") for i in range(len(m.model))}
+    return StagePlan(
+        [("front", seq_range(m.model, 0, i0)), ("residual blocks", seq_range(m.model, i0, i1)),
+         ("back", seq_range(m.model, i1, len(m.model)))],
+        scopes=scopes,
+    )
+
+
+def _pix2pixhd_local_plan(m) -> StagePlan:
+    i0, i1 = _global_split(m.model)
+    n_loc = m.n_local_enhancers
+
+    def pyramid(x):
+        pyr = [x]
+        for _ in range(n_loc):
+            pyr.append(m.downsample(pyr[-1]))
+        return pyr, pyr[-1]
+
+    def seg(lo, hi):
+        f = seq_range(m.model, lo, hi)
+        return lambda state: (state[0], f(state[1]))
+
+    def local(state):
+        pyr, y = state
+        for n in range(1, n_loc + 1):
+            y = getattr(m, f"model{n}_2")(getattr(m, f"model{n}_1")(pyr[n_loc - n]) + y)
+        return y
+
+    scopes = {f"model.{i}": ("front" if i < i0 else "residual blocks" if i < i1 else "back") for i in range(len(m.model))}
+    for n in range(1, n_loc + 1):
+        scopes[f"model{n}_1"] = scopes[f"model{n}_2"] = "local enhancer"
+    return StagePlan(
+        [("input pyramid", pyramid), ("front", seg(0, i0)), ("residual blocks", seg(i0, i1)),
+         ("back", seg(i1, len(m.model))), ("local enhancer", local)],
+        scopes=scopes,
+        calls=[("self.downsample(", "input pyramid"), ('f"model{n}_2"', "local enhancer")],
+    )

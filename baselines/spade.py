@@ -31,7 +31,8 @@ from torch.nn.utils import remove_spectral_norm, spectral_norm
 
 from asapbench.errors import UserError
 from asapbench.models.base import Generator
-from asapbench.registry import ModelSpec, Preset, register_model
+from asapbench.modelspec import ModelSpec, Preset, register_model
+from asapbench.stages import StagePlan, with_label_encoding
 
 #: num_upsampling_layers -> n, the number of x2 upsamplings from the latent to the output
 UPSAMPLING = {"normal": 5, "more": 6, "most": 7}
@@ -169,6 +170,10 @@ class SPADEGenerator(Generator):
     def _up(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
+    def stage_plan(self) -> StagePlan:
+        """The stages ``asapbench profile`` times (:class:`asapbench.stages.StagePlan`)."""
+        return with_label_encoding(self, _spade_plan(self))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
         x = self.model_input(x)  # label-map input: encoded here (--input labels)
         if x.dim() != 4 or x.shape[1] != self.input_nc:
@@ -272,3 +277,35 @@ register_model(ModelSpec(
     tiny=True,
     family="spade",
 ))
+
+
+def _spade_plan(m) -> StagePlan:
+    names = ["head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3"]
+    if m.num_upsampling_layers == "most":
+        names.append("up_4")
+
+    def head(x):
+        sh, sw = m.latent_size(int(x.shape[2]), int(x.shape[3]))
+        return x, m.fc(F.interpolate(x, size=(sh, sw), mode="nearest"))
+
+    def blocks(state):  # the same sequence as SPADEGenerator.forward
+        seg, h = state
+        h = m.head_0(h, seg)
+        h = m.G_middle_0(m._up(h), seg)
+        if m.num_upsampling_layers in ("more", "most"):
+            h = m._up(h)
+        h = m.G_middle_1(h, seg)
+        for name in names[3:]:
+            h = getattr(m, name)(m._up(h), seg)
+        return h
+
+    def out(h):
+        return torch.tanh(m.conv_img(F.leaky_relu(h, 0.2)))
+
+    scopes = {"fc": "head", "conv_img": "out", **{n: "SPADE blocks" for n in names}}
+    return StagePlan(
+        [("head", head), ("SPADE blocks", blocks), ("out", out)],
+        scopes=scopes,
+        calls=[("self.fc(", "head"), ("self.latent_size(", "head"), ("self._up(", "SPADE blocks"),
+               ("self.G_middle_", "SPADE blocks"), ("self.up_", "SPADE blocks"), ("self.conv_img(", "out")],
+    )

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from asapbench.errors import require
+from exporters.onnx_types import value_types
+from exporters.ort import make_session
 
 #: ops whose attributes hold subgraphs: they would need their outer scope's values, so a graph
 #: with them runs as one ordinary session instead
@@ -35,7 +37,7 @@ class NodeByNodeSession:
     """
 
     def __init__(self, model, optimize: bool = True):
-        self._ort = require("onnxruntime", why="to run exported graphs")
+        require("onnxruntime", why="to run exported graphs")
         g = model.graph
         if any(n.op_type in _SUBGRAPH_OPS for n in g.node):
             raise ValueError("graphs with control flow (If/Loop/Scan) cannot run node by node")
@@ -46,9 +48,7 @@ class NodeByNodeSession:
         self._nodes = list(g.node)
         self._inputs = [i.name for i in g.input if i.name not in self._init]
         self._outputs = [o.name for o in g.output]
-        from exporters.fp16 import _value_types
-
-        self._out_types = _value_types(model)  # element type of each node output (single-node graphs declare it)
+        self._out_types = value_types(model)  # element type of each node output (single-node graphs declare it)
         self._optimize = optimize
         #: largest total of bytes held in values at once during the last run (after each node)
         self.peak_live_bytes = 0
@@ -65,7 +65,6 @@ class NodeByNodeSession:
     def _session(self, node, feed: Mapping[str, np.ndarray]):
         from onnx import helper
 
-        ort = self._ort
         consts = [self._init[name] for name in dict.fromkeys(node.input) if name in self._init]
         ins = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(feed[name].dtype), feed[name].shape)
                for name in dict.fromkeys(node.input) if name and name not in self._init]
@@ -78,14 +77,9 @@ class NodeByNodeSession:
         graph = helper.make_graph([node], "node", ins, outs, initializer=consts)
         one = helper.make_model(graph, opset_imports=self._opsets, functions=self._functions)
         one.ir_version = self._ir_version
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.enable_cpu_mem_arena = False
-        # one node has nothing to fuse; the layout transform of ORT_ENABLE_ALL would only add a
-        # reorder before and after each convolution (1.3x slower per Conv)
-        level = "ORT_ENABLE_EXTENDED" if self._optimize else "ORT_DISABLE_ALL"
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        sess = ort.InferenceSession(one.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        # one node has nothing to fuse; the layout transform of every optimization ("all") would only add a
+        # reorder before and after each convolution
+        sess = make_session(one, arena=False, optimize="extended" if self._optimize else "none")
         del one, graph
         return sess, [i.name for i in ins], [o.name for o in outs]
 

@@ -62,6 +62,58 @@ def _install_hint(provider: str) -> str:
     )
 
 
+#: ``optimize`` of :func:`make_session` -> onnxruntime's graph optimization level
+_OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "none": "ORT_DISABLE_ALL"}
+
+
+def make_session(model: Any, provider: str = "cpu", *, device_id: int = 0, threads: int | None = None,
+                 cuda_graph: bool = False, arena: bool = True, optimize: str = "all",
+                 profile_prefix: str | None = None):
+    """The one onnxruntime session factory: ``asapbench run``'s settings unless a parameter says otherwise.
+
+    ``model``: an ONNX path, a ModelProto or its bytes. Run's settings: warnings off (log level 3),
+    ``threads`` intra-op threads (None: onnxruntime's default), every graph optimization, and on the CPU no
+    memory pattern (it plans a second, whole-graph block after the first run while the arena keeps the first
+    run's buffers: SPADE at 1024x1024 peaks at 9.1 GB with it and 4.9 GB without, at the same speed within
+    noise; docs/timing.md, "Memory"). The GPU providers fall back to the next in the list (CUDA, then CPU);
+    :class:`OrtRunner` checks that the one asked for loaded.
+
+    What must differ is a parameter: ``arena=False`` returns each run's activations to the system (the parity
+    gate and node-by-node evaluation, so that two sessions and a PyTorch forward never hold their peaks at
+    once); ``optimize`` ``"extended"`` or ``"none"`` (a single node has nothing to fuse; an fp16 emulation
+    keeps every Cast); ``profile_prefix`` turns onnxruntime's profiler on (``asapbench profile``).
+    """
+    ort = require("onnxruntime", why="to run ONNX models")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    if provider == "cpu":
+        opts.enable_mem_pattern = False
+    if not arena:
+        opts.enable_cpu_mem_arena = False
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimize])
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
+    cuda_opts: dict[str, Any] = {"device_id": device_id}
+    if cuda_graph:
+        cuda_opts["enable_cuda_graph"] = "1"
+    if provider == "cpu":
+        providers: list[Any] = ["CPUExecutionProvider"]
+    elif provider == "cuda":
+        providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+    else:
+        # no engine cache: it is keyed on the graph topology only (onnxruntime#6455)
+        providers = [("TensorrtExecutionProvider", {"device_id": device_id}), ("CUDAExecutionProvider", cuda_opts),
+                     "CPUExecutionProvider"]
+    if isinstance(model, Path):
+        model = str(model)
+    elif not isinstance(model, (str, bytes)):
+        model = model.SerializeToString()
+    return ort.InferenceSession(model, opts, providers=providers)
+
+
 class OrtRunner:
     """An onnxruntime session on one execution provider, with plain and IO-bound inference.
 
@@ -97,29 +149,8 @@ class OrtRunner:
         self.device_id = device_id
         self.path = path
         self.threads = threads
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        if provider == "cpu":
-            # onnxruntime's memory pattern plans a second, whole-graph block after the first run while the
-            # arena keeps the first run's buffers: SPADE at 1024x1024 peaks at 9.1 GB with it and 4.9 GB
-            # without, at the same speed within noise (ASAP-Net 256x512: 569 vs 551 ms, min of 10
-            # alternating runs); with it SPADE at 2048x2048 would need ~36 GB (docs/timing.md, "Memory")
-            opts.enable_mem_pattern = False
-        cuda_opts: dict[str, Any] = {"device_id": device_id}
-        if cuda_graph:
-            cuda_opts["enable_cuda_graph"] = "1"
-        if provider == "cpu":
-            providers: list[Any] = ["CPUExecutionProvider"]
-        elif provider == "cuda":
-            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
-        else:
-            # no engine cache: it is keyed on the graph topology only (onnxruntime#6455)
-            providers = [("TensorrtExecutionProvider", {"device_id": device_id}), ("CUDAExecutionProvider", cuda_opts),
-                         "CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+            self.session = make_session(path, provider, device_id=device_id, threads=threads, cuda_graph=cuda_graph)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             if "INVALID_PROTOBUF" in str(exc) or "Load model" in str(exc) or "protobuf" in str(exc).lower():

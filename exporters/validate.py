@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from asapbench.errors import UserError, require
+from exporters.ort import make_session
 
 #: fp32: onnxruntime's error against a float64 forward of the same model and input may be at most
 #: ``drift_factor`` times PyTorch fp32's own error against it, plus ``max_abs_err``. When onnxruntime is
@@ -193,19 +194,7 @@ def exact_instancenorm(model, copy: bool = True) -> tuple[Any, int]:
     return out, count
 
 
-def _session(model_or_path, ort, optimize: bool = True):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # no arena: each run's activations go back to the system, so two sessions and the PyTorch forward
-    # never hold their peaks at once (ASAP-Net fp16 at 2048x2048: 9.5 GB with arenas)
-    opts.enable_cpu_mem_arena = False
-    if not optimize:  # keep every Cast of an fp16 emulation (no fusion may skip a rounding)
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    src = model_or_path if isinstance(model_or_path, str) else model_or_path.SerializeToString()
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-
-
-def _gate_session(onnx_path: str | Path, ort, precision: str, exact_norm: bool, lean: bool = False):
+def _gate_session(onnx_path: str | Path, precision: str, exact_norm: bool, lean: bool = False):
     """(session the gate runs, number of InstanceNormalization nodes made exact).
 
     ``lean``: run the graph one node at a time (:class:`exporters.node_eval.NodeByNodeSession`), holding
@@ -219,7 +208,7 @@ def _gate_session(onnx_path: str | Path, ort, precision: str, exact_norm: bool, 
 
     emulated = precision == "fp16"
     if not (exact_norm or emulated or lean):
-        return _session(str(onnx_path), ort), 0
+        return make_session(str(onnx_path), arena=False), 0
     proto = onnx.load(str(onnx_path))
     if emulated:
         proto = emulate_fp16(proto, copy=False)
@@ -229,8 +218,8 @@ def _gate_session(onnx_path: str | Path, ort, precision: str, exact_norm: bool, 
     if lean:
         return NodeByNodeSession(proto, optimize=not emulated), n_exact
     if not emulated and not n_exact:
-        return _session(str(onnx_path), ort), 0
-    return _session(proto, ort, optimize=not emulated), n_exact
+        return make_session(str(onnx_path), arena=False), 0
+    return make_session(proto, arena=False, optimize="none" if emulated else "all"), n_exact
 
 
 def float64_drift(model: torch.nn.Module, x: torch.Tensor, ref32: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -289,7 +278,7 @@ def check_parity(
     say = progress or (lambda s: None)
     emulated = precision == "fp16"
     lean = max(x[0, 0].numel() for _, x in inputs) > LARGE_INPUT_PIXELS
-    gate_sess, n_exact = _gate_session(onnx_path, ort, precision, exact_norm, lean=lean)
+    gate_sess, n_exact = _gate_session(onnx_path, precision, exact_norm, lean=lean)
     samples: list[dict[str, Any]] = []
     as_is_inputs = []
     for desc, x in inputs:
@@ -317,7 +306,7 @@ def check_parity(
     del gate_sess
     as_is = None
     for desc, x, ref in as_is_inputs:
-        r = compare(ref, _session(str(onnx_path), ort).run(None, {input_name: x.numpy()})[0])
+        r = compare(ref, make_session(str(onnx_path), arena=False).run(None, {input_name: x.numpy()})[0])
         as_is = {"input": desc, **{k: r[k] for k in ("max_abs_err", "mean_abs_err", "psnr_db", "nonfinite")}}
     worst = _worst(samples)
     fails = _gate(precision, worst)

@@ -75,12 +75,9 @@ def tiny_asapnet_export(tmp_path_factory):
     """(model, ONNX path): asapnet-tiny at 64x128, weights spread as in `run`, exported fp32 without the gate
     (tests that judge the gate itself start from it)."""
     pytest.importorskip("onnxruntime")
-    from asapbench.registry import build_for_resolution
-    from asapbench.weights import spread_for_resolution
+    from asapbench.weights import realistic_model
     from exporters.onnx_export import export_onnx
 
-    g = build_for_resolution("asapnet-tiny", 64, 128, seed=0)
-    g.prepare_for_inference()
-    spread_for_resolution(g, 64, 128, seed=0)
+    g = realistic_model("asapnet-tiny", 64, 128, seed=0)
     r = export_onnx(g, 64, 128, tmp_path_factory.mktemp("tiny-asapnet-onnx"), "fp32", check=False)
     return g, r.onnx_path

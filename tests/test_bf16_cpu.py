@@ -314,7 +314,7 @@ def test_profile_cast_auto_reports_what_it_profiled(monkeypatch):
 # reports: speed-ups compare like with like
 # --------------------------------------------------------------------------------------------
 def test_speedups_never_divide_bf16_by_fp32():
-    from asapbench.report import BenchRow
+    from asapbench.record import BenchRow
 
     def row(model, precision, ms):
         return BenchRow(model=model, backend="torch", precision=precision, device="cpu", height=32, width=64,

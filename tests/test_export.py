@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import asapbench
 from asapbench.errors import UserError
 from asapbench.inputs import example_input
 from asapbench.registry import get_spec, list_models
-from asapbench.weights import spread_random_weights
+from asapbench.weights import realistic_model, spread_random_weights
 from exporters import validate
 from exporters.onnx_export import export_onnx, verify_onnx_file
 from exporters.ort import OrtRunner
@@ -37,10 +38,7 @@ def build(name: str, preset: str | None = None, seed: int = 0, res: tuple[int, i
     spec = get_spec(name)
     preset = preset or spec.default_preset
     h, w = res or spec.presets[preset].resolution
-    torch.manual_seed(seed)
-    g = asapbench.create_generator(name, preset)
-    spread_random_weights(g, example_input(g, 1, h, w, seed=seed))
-    return g, h, w
+    return realistic_model(name, h, w, preset, seed), h, w
 
 
 def sha256(path: Path) -> str:
@@ -313,9 +311,8 @@ def _toy_graph():
 
 
 def test_fp16_conversion_keeps_unsafe_ops_in_fp32():
-    import onnxruntime as ort
-
     from exporters.fp16 import activation_ranges, convert_to_fp16, emulate_fp16
+    from exporters.ort import make_session
 
     model = _toy_graph()
     x = np.random.default_rng(1).normal(size=(1, 2, 8, 8)).astype(np.float32)
@@ -331,9 +328,7 @@ def test_fp16_conversion_keeps_unsafe_ops_in_fp32():
     assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
     def run(m):
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        return make_session(m, optimize="none").run(None, {"x": x})[0]
 
     ref = run(model)
     for got in (run(half), run(emulate_fp16(half))):
@@ -412,3 +407,21 @@ def test_cli_trt_without_tensorrt(tmp_path):
     assert "TensorRT engines skipped" in r.stdout and "asapbench[trt]" in r.stdout
     assert sorted(p.name for p in out.glob("*.onnx")) == ["asapnet-tiny-tiny-32x64-fp16.onnx", "asapnet-tiny-tiny-facades-64x64-fp16.onnx"]
     assert not list(out.glob("*.engine"))
+
+
+def test_cli_export_is_reused_by_run(tmp_path):
+    """`export` and `run` build the model with one recipe, so `run --cache-dir C` reuses `export --out C/onnx`:
+    the file is neither rewritten nor joined by a second export."""
+    cache = tmp_path / "cache"
+    r = cli("--model", "asapnet-tiny", "--res", "32x64", "--out", str(cache / "onnx"))
+    assert r.returncode == 0, r.stderr
+    (onnx,) = cache.joinpath("onnx").glob("*.onnx")
+    before = (onnx.stat().st_mtime_ns, sha256(onnx))
+    r = subprocess.run([sys.executable, "-m", "asapbench", "run", "--models", "asapnet-tiny", "--res", "32x64",
+                        "--backends", "onnxruntime", "--iters", "2", "--min-seconds", "0", "--warmup", "1",
+                        "--e2e-iters", "1", "--out", str(tmp_path / "out"), "--cache-dir", str(cache)],
+                       capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert r.returncode == 0, r.stderr
+    assert "1 ok" in r.stdout
+    assert list(cache.joinpath("onnx").glob("*.onnx")) == [onnx]
+    assert (onnx.stat().st_mtime_ns, sha256(onnx)) == before

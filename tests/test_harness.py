@@ -17,7 +17,8 @@ from asapbench.bench import sweep as S
 from asapbench.bench.timing import P90_MIN_SAMPLES, P99_MIN_SAMPLES, summarize, tail_percentiles
 from asapbench.commands.run import build_config, run_benchmark
 from asapbench.errors import UserError
-from asapbench.report import BenchRow, markdown, plot_png, read_csv, render_all
+from asapbench.record import BenchRow
+from asapbench.report import markdown, plot_png, read_csv, render_all
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(warmup=1, iters=3, min_seconds=0.0, e2e_iters=1, export_check=False, progress=False)

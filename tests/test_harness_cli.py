@@ -108,7 +108,8 @@ SLOW = ["--models", "asapnet-tiny", "--res", "32x64,64x64,64x128,128x128", "--ba
 
 
 def _old_set(out: Path) -> None:
-    from asapbench.report import BenchRow, render_all
+    from asapbench.record import BenchRow
+    from asapbench.report import render_all
 
     render_all([BenchRow(model="old-model", height=8, width=8, ms_median=1.0, status="ok")], out)
 

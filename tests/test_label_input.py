@@ -21,8 +21,9 @@ import torch
 
 import asapbench
 from asapbench.errors import UserError
-from asapbench.inputs import encode_labels, example_input, instance_edges, label_input, random_label_map
-from asapbench.models.base import LABEL_DTYPE, edge_map
+from asapbench.inputs import example_input, label_input, random_label_map
+from asapbench.labels import LABEL_DTYPE, encode_labels, instance_edges
+from asapbench.models.base import edge_map
 from asapbench.weights import realistic_model
 from tests.conftest import assert_one_line_error
 
@@ -248,7 +249,8 @@ def test_run_with_labels_input_writes_rows_that_say_labels(tmp_path):
 
 
 def test_onehot_and_labels_rows_are_separate_cells():
-    from asapbench.report import BenchRow, markdown
+    from asapbench.record import BenchRow
+    from asapbench.report import markdown
 
     rows = [BenchRow(model="asapnet", backend="torch", height=256, width=512, input=k, ms_median=m, ms_mean=m,
                      input_bytes=b, input_nc=36)

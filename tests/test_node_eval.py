@@ -16,6 +16,7 @@ from exporters import validate  # noqa: E402
 from exporters.fp16 import activation_ranges  # noqa: E402
 from exporters.node_eval import NodeByNodeSession  # noqa: E402
 from exporters.onnx_export import INPUT_NAME  # noqa: E402
+from exporters.ort import make_session  # noqa: E402
 
 
 def _chain(n: int = 6, hw: int = 32):
@@ -41,9 +42,7 @@ def _chain(n: int = 6, hw: int = 32):
 
 
 def _whole(model, feed, outputs=None):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(outputs, feed)
+    return make_session(model).run(outputs, feed)
 
 
 def _all_values_as_outputs(model):

@@ -111,3 +111,32 @@ def test_install_conflict_names_the_clean_switch(monkeypatch):
     monkeypatch.setattr(metadata, "distributions", lambda: [Dist("onnxruntime"), Dist("onnxruntime_gpu")])
     msg = install_conflict()
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in msg and "pip install onnxruntime-gpu" in msg
+
+
+def _session_settings(monkeypatch) -> list[dict]:
+    """Record the options of every onnxruntime session created from now on."""
+    made: list[dict] = []
+    real = ort.InferenceSession
+
+    def recording(*args, **kwargs):
+        sess = real(*args, **kwargs)
+        o = sess.get_session_options()
+        made.append({k: getattr(o, k) for k in ("enable_mem_pattern", "enable_cpu_mem_arena", "log_severity_level",
+                                                "intra_op_num_threads", "graph_optimization_level")})
+        return sess
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    return made
+
+
+def test_profile_measures_under_the_session_settings_of_run(tiny_onnx, monkeypatch):
+    """`profile --backend onnxruntime` and `run`'s onnxruntime runner open their sessions with the same options."""
+    from asapbench.bench.profile import profile_onnxruntime
+
+    g, path = tiny_onnx
+    made = _session_settings(monkeypatch)
+    OrtRunner(path, provider="cpu", threads=1).close()
+    profile_onnxruntime(g, example_input(g, 1, 32, 64, seed=1), iters=1, threads=1, warmup=0)
+    assert len(made) == 2
+    assert made[0] == made[1]
+    assert made[0]["enable_mem_pattern"] is False and made[0]["intra_op_num_threads"] == 1

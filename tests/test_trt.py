@@ -167,13 +167,11 @@ def test_engine_functions_refuse_cleanly_without_tensorrt(tmp_path):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_exports(tmp_path_factory):
-    from asapbench.weights import spread_random_weights
+    from asapbench.weights import realistic_model
     from exporters.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("trt")
-    torch.manual_seed(0)
-    g = asapbench.create_generator("asapnet-tiny", "tiny")
-    spread_random_weights(g, example_input(g, 1, 32, 64))
+    g = realistic_model("asapnet-tiny", 32, 64, "tiny", seed=0)
     return g, out, {p: export_onnx(g, 32, 64, out, precision=p).onnx_path for p in ("fp32", "fp16")}
 
 

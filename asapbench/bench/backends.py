@@ -215,10 +215,6 @@ def default_backends(device: str) -> list[str]:
     return [n for n, b in BACKENDS.items() if b.in_default and b.unsupported_reason(device, "fp32") is None]
 
 
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def make_runner(cell: Cell) -> Runner:
     """The runner of ``cell.backend``, after checking that it can run here (:class:`Unsupported` if not)."""
     reason = unsupported_reason(cell.backend, cell.device, cell.precision, cell.cuda_graph)

@@ -12,8 +12,8 @@ the JSON also has each one's minimum (``min_ms``), the better estimate on a busy
 - ``torch``: the stages run one after another as PyTorch calls timed with ``perf_counter``; every
   round also times the whole ``model(x)`` so the sum of the stages can be compared with it. The
   staged output is checked against ``model(x)``.
-- ``onnxruntime``: the model is exported (fast pixelwise path, no parity gate) and run with
-  ``SessionOptions.enable_profiling``; kernel times are grouped by stage through each node's module
+- ``onnxruntime``: the model is exported (fast pixelwise path, no parity gate) and run with `run`'s session
+  settings (:func:`exporters.ort.make_session`) plus ``SessionOptions.enable_profiling``; kernel times are grouped by stage through each node's module
   path (``pkg.torch.onnx.name_scopes``) or, for functional code at the top level, its source line;
   nodes ORT inserts (layout reorders) count with the next kernel's stage; the whole-model time is
   ORT's own ``model_run`` event, and the time between kernels is reported as ``(runtime overhead)``.
@@ -38,15 +38,13 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from asapbench.errors import UserError
+from asapbench.stages import StagePlan
 
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
@@ -54,247 +52,11 @@ GEMM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OTHER = "(other)"
 OVERHEAD = "(runtime overhead)"
 
-StageFn = Callable[[Any], Any]
-
-
-@dataclass
-class StagePlan:
-    """How one generator splits into stages.
-
-    ``stages``: (name, fn) run in order on the input (each gets the previous stage's output);
-    ``scopes``: module path -> stage for ONNX nodes (the deepest listed scope of a node wins);
-    ``calls``: (source substring, stage) for nodes at the top level (functional code in forward).
-    """
-
-    stages: list[tuple[str, StageFn]]
-    scopes: dict[str, str] = field(default_factory=dict)
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def names(self) -> list[str]:
-        return [n for n, _ in self.stages]
-
-
-# --------------------------------------------------------------------------------------------
-# stage plans per architecture
-# --------------------------------------------------------------------------------------------
-def _asapnet_plan(m) -> StagePlan:
-    from asapbench.models.asapnet import tent_downsample
-
-    if m.input_mode == "labels":
-        return _asapnet_labels_plan(m)
-
-    def encode(x):
-        lr_in = x if m.pre_factor == 1 else tent_downsample(x, m.pre_factor, m.tent)
-        return lr_in, (x[:, :-1] if m.lr_instance else x)
-
-    def lowres(state):
-        lr_in, hr = state
-        return hr, m.lowres_stream(lr_in)
-
-    def pixelwise(state):
-        hr, params = state
-        return m.pixelwise(hr, params)
-
-    return StagePlan(
-        [("input encoding", encode), ("low-res stream", lowres), ("pixelwise stream", pixelwise)],
-        scopes={"lowres_stream": "low-res stream"},
-        calls=[("self.lowres(", "input encoding"), ("hr_in =", "input encoding"), ("self.pixelwise(", "pixelwise stream")],
-    )
-
-
-def _asapnet_labels_plan(m) -> StagePlan:
-    """ASAP-Net on the label map (``--input labels``): encoding = the in-graph one-hot and edge map (and the
-    tent pre-downsampling); the pixelwise stream is :meth:`pixelwise_labels` (in onnxruntime its first layer's row
-    lookup; in torch eager the one-hot product)."""
-    from asapbench.models.asapnet import tent_downsample
-
-    def encode(x):
-        onehot = m.model_input(x)
-        return (onehot if m.pre_factor == 1 else tent_downsample(onehot, m.pre_factor, m.tent)), (x, onehot)
-
-    def lowres(state):
-        lr_in, hr = state
-        return hr, m.lowres_stream(lr_in)
-
-    def pixelwise(state):
-        (x, onehot), params = state
-        return m.pixelwise_labels(x, onehot, params)
-
-    return StagePlan(
-        [("input encoding", encode), ("low-res stream", lowres), ("pixelwise stream", pixelwise)],
-        scopes={"lowres_stream": "low-res stream"},
-        calls=[("self.model_input(", "input encoding"), ("self.lowres(", "input encoding"),
-               ("self.pixelwise_labels(", "pixelwise stream")],
-    )
-
-
-def _with_label_encoding(m, plan: StagePlan) -> StagePlan:
-    """A baseline's plan in ``--input labels`` mode: a first stage that encodes the label map in the graph."""
-    if getattr(m, "input_mode", "onehot") != "labels":
-        return plan
-    return StagePlan([("input encoding", m.model_input), *plan.stages], scopes=plan.scopes,
-                     calls=[("self.model_input(", "input encoding"), *plan.calls])
-
-
-def _seq_range(seq: nn.Sequential, lo: int, hi: int) -> StageFn:
-    layers = list(seq)[lo:hi]
-
-    def run(x):
-        for layer in layers:
-            x = layer(x)
-        return x
-
-    return run
-
-
-def _global_split(seq: nn.Sequential) -> tuple[int, int]:
-    from baselines.pix2pixhd import ResnetBlock
-
-    idx = [i for i, layer in enumerate(seq) if isinstance(layer, ResnetBlock)]
-    return (idx[0], idx[-1] + 1) if idx else (len(seq), len(seq))
-
-
-def _pix2pixhd_global_plan(m) -> StagePlan:
-    i0, i1 = _global_split(m.model)
-    scopes = {f"model.{i}": ("front" if i < i0 else "residual blocks" if i < i1 else "back") for i in range(len(m.model))}
-    return StagePlan(
-        [("front", _seq_range(m.model, 0, i0)), ("residual blocks", _seq_range(m.model, i0, i1)),
-         ("back", _seq_range(m.model, i1, len(m.model)))],
-        scopes=scopes,
-    )
-
-
-def _pix2pixhd_local_plan(m) -> StagePlan:
-    i0, i1 = _global_split(m.model)
-    n_loc = m.n_local_enhancers
-
-    def pyramid(x):
-        pyr = [x]
-        for _ in range(n_loc):
-            pyr.append(m.downsample(pyr[-1]))
-        return pyr, pyr[-1]
-
-    def seg(lo, hi):
-        f = _seq_range(m.model, lo, hi)
-        return lambda state: (state[0], f(state[1]))
-
-    def local(state):
-        pyr, y = state
-        for n in range(1, n_loc + 1):
-            y = getattr(m, f"model{n}_2")(getattr(m, f"model{n}_1")(pyr[n_loc - n]) + y)
-        return y
-
-    scopes = {f"model.{i}": ("front" if i < i0 else "residual blocks" if i < i1 else "back") for i in range(len(m.model))}
-    for n in range(1, n_loc + 1):
-        scopes[f"model{n}_1"] = scopes[f"model{n}_2"] = "local enhancer"
-    return StagePlan(
-        [("input pyramid", pyramid), ("front", seg(0, i0)), ("residual blocks", seg(i0, i1)),
-         ("back", seg(i1, len(m.model))), ("local enhancer", local)],
-        scopes=scopes,
-        calls=[("self.downsample(", "input pyramid"), ('f"model{n}_2"', "local enhancer")],
-    )
-
-
-def _spade_plan(m) -> StagePlan:
-    names = ["head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3"]
-    if m.num_upsampling_layers == "most":
-        names.append("up_4")
-
-    def head(x):
-        sh, sw = m.latent_size(int(x.shape[2]), int(x.shape[3]))
-        return x, m.fc(F.interpolate(x, size=(sh, sw), mode="nearest"))
-
-    def blocks(state):  # the same sequence as SPADEGenerator.forward
-        seg, h = state
-        h = m.head_0(h, seg)
-        h = m.G_middle_0(m._up(h), seg)
-        if m.num_upsampling_layers in ("more", "most"):
-            h = m._up(h)
-        h = m.G_middle_1(h, seg)
-        for name in names[3:]:
-            h = getattr(m, name)(m._up(h), seg)
-        return h
-
-    def out(h):
-        return torch.tanh(m.conv_img(F.leaky_relu(h, 0.2)))
-
-    scopes = {"fc": "head", "conv_img": "out", **{n: "SPADE blocks" for n in names}}
-    return StagePlan(
-        [("head", head), ("SPADE blocks", blocks), ("out", out)],
-        scopes=scopes,
-        calls=[("self.fc(", "head"), ("self.latent_size(", "head"), ("self._up(", "SPADE blocks"),
-               ("self.G_middle_", "SPADE blocks"), ("self.up_", "SPADE blocks"), ("self.conv_img(", "out")],
-    )
-
-
-def _unet_plan(m) -> StagePlan:
-    from baselines.pix2pix import UnetSkipConnectionBlock
-
-    blocks, paths = [], []
-    b, path = m.model, "model"
-    while b is not None:
-        blocks.append(b)
-        paths.append(path)
-        inner = [(i, c) for i, c in enumerate(b.model) if isinstance(c, UnetSkipConnectionBlock)]
-        b, path = (inner[0][1], f"{path}.model.{inner[0][0]}") if inner else (None, None)
-    splits = []
-    scopes: dict[str, str] = {}
-    for blk, pth in zip(blocks, paths):
-        layers = list(blk.model)
-        sub = [i for i, c in enumerate(layers) if isinstance(c, UnetSkipConnectionBlock)]
-        if sub:
-            lo, hi = sub[0], sub[0] + 1
-        else:  # innermost: split after the down convolution
-            lo = hi = next(i for i, c in enumerate(layers) if isinstance(c, nn.Conv2d)) + 1
-        splits.append((layers[:lo], layers[hi:]))
-        scopes[pth] = "up path"  # the skip concatenation of the block
-        for i in range(len(layers)):
-            if i < lo or i >= hi:
-                scopes[f"{pth}.model.{i}"] = "down path" if i < lo else "up path"
-
-    def down(x):
-        ins = [x]
-        for dn, _ in splits:
-            y = ins[-1]
-            for layer in dn:
-                y = layer(y)
-            ins.append(y)
-        return ins
-
-    def up(ins):
-        y = ins[-1]
-        for k in range(len(blocks) - 1, -1, -1):
-            for layer in splits[k][1]:
-                y = layer(y)
-            if not blocks[k].outermost:
-                y = torch.cat([ins[k], y], 1)
-        return y
-
-    return StagePlan([("down path", down), ("up path", up)], scopes=scopes)
-
-
 def stage_plan(model: nn.Module) -> StagePlan:
-    """The stages of ``model`` (by architecture); an unknown generator is one stage ``model``."""
-    from asapbench.models.asapnet import ASAPNetGenerator
-
-    if isinstance(model, ASAPNetGenerator):
-        return _asapnet_plan(model)
-    try:
-        from baselines.pix2pix import UnetGenerator
-        from baselines.pix2pixhd import Pix2PixHDGlobal, Pix2PixHDLocal
-        from baselines.spade import SPADEGenerator
-    except ImportError:  # pragma: no cover
-        return StagePlan([("model", model)])
-    if isinstance(model, Pix2PixHDGlobal):
-        return _with_label_encoding(model, _pix2pixhd_global_plan(model))
-    if isinstance(model, Pix2PixHDLocal):
-        return _with_label_encoding(model, _pix2pixhd_local_plan(model))
-    if isinstance(model, SPADEGenerator):
-        return _with_label_encoding(model, _spade_plan(model))
-    if isinstance(model, UnetGenerator):
-        return _with_label_encoding(model, _unet_plan(model))
-    return StagePlan([("model", model)])
+    """The stages of ``model``: its own plan (``Generator.stage_plan``, next to each model's code); any other
+    module is one stage ``model``."""
+    own = getattr(model, "stage_plan", None)
+    return own() if callable(own) else StagePlan([("model", model)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,8 +202,9 @@ def profile_onnxruntime(model: nn.Module, x: torch.Tensor, iters: int, threads: 
     """Export ``model`` (no parity gate), run it in onnxruntime with profiling, group kernel times by stage."""
     from asapbench.errors import require
 
-    ort = require("onnxruntime", extra="ort", why="for --backend onnxruntime")
+    require("onnxruntime", extra="ort", why="for --backend onnxruntime")
     from exporters.onnx_export import torch_to_onnx
+    from exporters.ort import make_session
 
     plan = stage_plan(model)
     with torch.no_grad():
@@ -449,14 +212,7 @@ def profile_onnxruntime(model: nn.Module, x: torch.Tensor, iters: int, threads: 
         ref = model(x).numpy()
     stages = node_stages(proto, plan)
     with tempfile.TemporaryDirectory(prefix="asapbench-profile-") as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = make_session(proto, threads=threads, profile_prefix=os.path.join(tmp, "ort"))  # run's settings
         feed = {sess.get_inputs()[0].name: x.numpy()}
         walls = []
         got = None

@@ -5,11 +5,10 @@ onnxruntime and the exporters are imported inside these functions only.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from asapbench.bench.backends import Backend, Cell, Runner, Unsupported
+from asapbench.bench.artefacts import export_for, trt_status
+from asapbench.bench.backends import Backend, Runner, Unsupported
 
 
 def ort_providers() -> list[str]:
@@ -19,17 +18,6 @@ def ort_providers() -> list[str]:
     except ImportError:
         return []
     return list(ort.get_available_providers())
-
-
-def export_for(cell: Cell):
-    """The cell's ONNX export (cached under ``cache_dir/onnx`` and gated against PyTorch)."""
-    from exporters.onnx_export import export_onnx
-
-    return export_onnx(
-        cell.model, cell.height, cell.width, Path(cell.cache_dir) / "onnx", cell.precision,
-        dynamic=False, batch=cell.batch, check=cell.export_check, seed=cell.seed, reuse=True,
-        checkpoint=cell.model.checkpoint_path, progress=cell.progress,
-    )
 
 
 def input_dtype(sidecar: dict | None, x: torch.Tensor | None = None) -> torch.dtype:
@@ -57,8 +45,6 @@ class OnnxRuntimeRunner(Runner):
             return "onnxruntime is not installed (pip install 'asapbench[cpu]', or 'asapbench[gpu]' for CUDA)"
         want = backend.providers[device]
         if want == "TensorrtExecutionProvider":
-            from asapbench.bench.runner_trt import trt_status
-
             ok, reason = trt_status()
             if not ok:
                 return f"TensorrtExecutionProvider needs the TensorRT libraries: {reason}"

@@ -2,8 +2,8 @@
 
 Reduced precision casts the whole model and its input (``model.to(dtype)``: weights, activations and
 InstanceNorm in that dtype; torch's norm kernels accumulate their statistics in fp32): fp16 on CUDA, bf16
-on the CPU. The cast is faster than ``torch.autocast('cpu', dtype=torch.bfloat16)`` (pix2pixHD 256x512:
-2.0x over fp32 against autocast's 1.85x, which recasts the weights every call), and autocast cannot run
+on the CPU. The cast is used rather than ``torch.autocast('cpu', dtype=torch.bfloat16)``, which recasts the
+weights every call (measured slower: results/), and autocast cannot run
 ASAP-Net's eager pixelwise stream (``torch.bmm(..., out=)`` into its fp32 buffers). A bf16 cell is gated
 before it is timed (:meth:`TorchRunner.gate`): its output on the cell's input against the fp32 model's
 must meet the fp16 parity criteria (exporters/validate.py ``PARITY_CRITERIA``: PSNR >= 40 dB, peak-to-peak

@@ -9,16 +9,8 @@ from pathlib import Path
 
 import torch
 
+from asapbench.bench.artefacts import export_for, trt_status
 from asapbench.bench.backends import Backend, Runner
-
-
-def trt_status() -> tuple[bool, str]:
-    """(usable, reason) of TensorRT on this machine (the exporters' own check)."""
-    try:
-        from exporters.trt import trt_status as status
-    except ImportError as exc:
-        return False, f"exporters.trt is not importable ({exc})"
-    return status()
 
 
 class TensorRTRunner(Runner):
@@ -28,7 +20,6 @@ class TensorRTRunner(Runner):
         return None if ok else f"TensorRT is not usable: {reason}"
 
     def prepare(self) -> None:
-        from asapbench.bench.runner_ort import export_for
         from exporters.trt import build_engine
 
         # built for this machine's GPU: a timing run needs no portable engine, and an RTX card outside the

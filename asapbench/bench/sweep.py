@@ -31,7 +31,7 @@ from asapbench.bench.timing import (
     tail_percentiles,
 )
 from asapbench.errors import MissingDependency, UserError
-from asapbench.report import BenchRow
+from asapbench.record import BenchRow
 
 
 @dataclass

@@ -326,10 +326,3 @@ def snapshot(argv: list[str] | None = None) -> dict[str, Any]:
 
     env["onnxruntime_install_conflict"] = onnxruntime_conflict()
     return env
-
-
-def machine_label(env: dict[str, Any], device: str) -> str:
-    """Short label for the machine a row ran on: the GPU name on CUDA, else CPU model and threads."""
-    if device == "cuda" and env.get("gpu_name"):
-        return str(env["gpu_name"])
-    return f"{env.get('cpu_model') or 'cpu'} ({env.get('cpu_count', '?')} cpus)"

@@ -68,12 +68,12 @@ def _build_models(
 
     Without --preset every resolution gets the paper's configuration for it
     (:func:`asapbench.registry.build_for_resolution`); with --dynamic one graph serves every size, so the
-    model is configured for the first; a --checkpoint fixes one model for all. Random weights are seeded
-    and made realistic (:func:`asapbench.weights.spread_for_resolution`), since a saturated tanh would
-    make the parity gate meaningless.
+    model is configured for the first; a --checkpoint fixes one model for all. Random weights come from
+    :func:`asapbench.weights.realistic_model`, the builder `run` and `profile` use (seeded, made realistic:
+    a saturated tanh would make the parity gate meaningless), so `run` reuses these exports.
     """
     from asapbench.registry import build_for_resolution, configure_for_resolution, get_spec
-    from asapbench.weights import spread_for_resolution
+    from asapbench.weights import realistic_model
 
     get_spec(model)
     if checkpoint is not None:
@@ -88,17 +88,11 @@ def _build_models(
     for h, w in resolutions:
         p, overrides = (preset, {}) if preset is not None else configure_for_resolution(model, *(resolutions[0] if dynamic else (h, w)))
         groups.setdefault((p, repr(sorted(overrides.items()))), []).append((h, w))
-    out = []
-    for res in groups.values():
-        h0, w0 = resolutions[0] if dynamic else res[0]
-        g = build_for_resolution(model, h0, w0, preset, seed=seed)
-        for h, w in res:  # every size is checked before anything is written
+    for res in groups.values():  # every size is checked (on the meta device) before any weights are made
+        g = build_for_resolution(model, *(resolutions[0] if dynamic else res[0]), preset, device="meta")
+        for h, w in res:
             g.check_input_size(h, w)
-        out.append((g, res))
-    for g, res in out:
-        g.prepare_for_inference()
-        spread_for_resolution(g, *res[0], seed=seed)
-    return out
+    return [(realistic_model(model, *(resolutions[0] if dynamic else res[0]), preset, seed), res) for res in groups.values()]
 
 
 @functools.lru_cache(maxsize=8)

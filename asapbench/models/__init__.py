@@ -2,7 +2,7 @@
 
 from asapbench.models.asapnet import ASAPNetGenerator
 from asapbench.models.base import Generator
-from asapbench.registry import ModelSpec, Preset, register_model
+from asapbench.modelspec import ModelSpec, Preset, register_model
 
 _CITY = dict(label_nc=35, instance_edge=True, lr_instance=True, reflection_pad=False)
 _FACADES = dict(label_nc=13, instance_edge=False, lr_instance=False, reflection_pad=True)

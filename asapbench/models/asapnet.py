@@ -1,5 +1,5 @@
 """ASAP-Net generator (Shaham et al., CVPR 2021), written from the paper, its supplement and the
-official forward specification (shared/docs/official-behaviour.md, section 1).
+official forward computation (docs/generators.md pins the details that decide it).
 
 Two streams:
 - a low-resolution convolutional stream that turns the (tent-downsampled) label map into a grid of
@@ -36,6 +36,7 @@ from torch import nn
 
 from asapbench.errors import UserError
 from asapbench.models.base import Generator
+from asapbench.stages import StagePlan
 
 #: formulations of the pixelwise stream (see the module docstring)
 PIXELWISE_IMPLS = ("fast", "reference")
@@ -78,7 +79,7 @@ def tent_downsample(x: torch.Tensor, s: int, kernel: torch.Tensor | None = None)
         x = F.conv2d(x, k.view(1, 1, 1, 2 * s).expand(c, 1, 1, 2 * s), stride=(1, s), groups=c)
         return F.conv2d(x, k.view(1, 1, 2 * s, 1).expand(c, 1, 2 * s, 1), stride=(s, 1), groups=c)
     # eager: the channels folded into the batch and one 2s x 2s conv with the outer-product kernel (the same
-    # sums; 2x faster in torch 2.13 on the CPU than the two depthwise convs: 40 vs 77 ms for 13 x 1024^2, s=4)
+    # sums as the two depthwise convs, in one conv that is faster on the CPU)
     x = x.reshape(n * c, 1, height + 2 * p, width + 2 * p)
     x = F.conv2d(x, torch.outer(k, k).view(1, 1, 2 * s, 2 * s), stride=s)
     return x.reshape(n, c, height // s, width // s)
@@ -489,6 +490,10 @@ class ASAPNetGenerator(Generator):
         y = F.leaky_relu(self._first_layer_lookup(wb, lab_t, edge_t), 0.01)
         return self._untile(self._graph_layers(y, p, first=1), n, height, width)
 
+    def stage_plan(self) -> StagePlan:
+        """The stages ``asapbench profile`` times (:class:`asapbench.stages.StagePlan`)."""
+        return _asapnet_plan(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, input_nc, H, W) -> (N, 3, H, W)
         if self.input_mode == "labels":  # integer label map: one-hot in the graph (first layer a row lookup in graphs)
             onehot = self.model_input(x)  # checked, then encoded in the graph
@@ -502,3 +507,50 @@ class ASAPNetGenerator(Generator):
         params = self.lowres(x)
         hr_in = x[:, :-1] if self.lr_instance else x
         return self.pixelwise(hr_in, params)
+
+
+def _asapnet_plan(m) -> StagePlan:
+    if m.input_mode == "labels":
+        return _asapnet_labels_plan(m)
+
+    def encode(x):
+        lr_in = x if m.pre_factor == 1 else tent_downsample(x, m.pre_factor, m.tent)
+        return lr_in, (x[:, :-1] if m.lr_instance else x)
+
+    def lowres(state):
+        lr_in, hr = state
+        return hr, m.lowres_stream(lr_in)
+
+    def pixelwise(state):
+        hr, params = state
+        return m.pixelwise(hr, params)
+
+    return StagePlan(
+        [("input encoding", encode), ("low-res stream", lowres), ("pixelwise stream", pixelwise)],
+        scopes={"lowres_stream": "low-res stream"},
+        calls=[("self.lowres(", "input encoding"), ("hr_in =", "input encoding"), ("self.pixelwise(", "pixelwise stream")],
+    )
+
+
+def _asapnet_labels_plan(m) -> StagePlan:
+    """ASAP-Net on the label map (``--input labels``): encoding = the in-graph one-hot and edge map (and the
+    tent pre-downsampling); the pixelwise stream is :meth:`pixelwise_labels` (in onnxruntime its first layer's row
+    lookup; in torch eager the one-hot product)."""
+    def encode(x):
+        onehot = m.model_input(x)
+        return (onehot if m.pre_factor == 1 else tent_downsample(onehot, m.pre_factor, m.tent)), (x, onehot)
+
+    def lowres(state):
+        lr_in, hr = state
+        return hr, m.lowres_stream(lr_in)
+
+    def pixelwise(state):
+        (x, onehot), params = state
+        return m.pixelwise_labels(x, onehot, params)
+
+    return StagePlan(
+        [("input encoding", encode), ("low-res stream", lowres), ("pixelwise stream", pixelwise)],
+        scopes={"lowres_stream": "low-res stream"},
+        calls=[("self.model_input(", "input encoding"), ("self.lowres(", "input encoding"),
+               ("self.pixelwise_labels(", "pixelwise stream")],
+    )

@@ -7,7 +7,7 @@ from the input on every call; nothing is cached per batch.
 Label-map input (``set_input_mode("labels")``, ``--input labels``): ``forward`` takes the integer label
 map instead, int32 ``[N, 1, H, W]`` (ids in [0, classes)), or ``[N, 2, H, W]`` with the instance-id map as
 channel 1 where the model's input has the instance-edge channel, and computes the official input inside
-the graph (:meth:`Generator.encode_label_input`, equal to :func:`asapbench.inputs.encode_labels`). The
+the graph (:meth:`Generator.encode_label_input`, equal to :func:`asapbench.labels.encode_labels`). The
 mode adds no parameters or buffers: the state dict and checkpoints are those of the one-hot model.
 """
 
@@ -22,18 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from asapbench.errors import UserError
+from asapbench.labels import label_palette
 
 #: what ``forward`` takes: the official float input ("onehot") or the integer label map ("labels")
 INPUT_MODES = ("onehot", "labels")
-#: dtype of the label-map input (TensorRT's native index type; ONNX Equal/Gather take it as is)
-LABEL_DTYPE = torch.int32
 #: classes assumed for a model without ``label_nc`` (pix2pix), as :func:`asapbench.inputs.example_input`
 DEFAULT_LABEL_NC = 19
 
 
 def edge_map(inst: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Instance edges of integer ids ``[N, 1, H, W]`` as 0/1 of ``dtype``, written with graph ops only
-    (slices, comparisons, constant pads, max): the same map as :func:`asapbench.inputs.instance_edges`."""
+    (slices, comparisons, constant pads, max): the same map as :func:`asapbench.labels.instance_edges`."""
     dx = (inst[..., :, 1:] != inst[..., :, :-1]).to(dtype)
     dy = (inst[..., 1:, :] != inst[..., :-1, :]).to(dtype)
     ex = torch.maximum(F.pad(dx, (1, 0, 0, 0)), F.pad(dx, (0, 1, 0, 0)))
@@ -144,8 +143,6 @@ class Generator(nn.Module):
         dtype = self.float_dtype()
         lab = x[:, :1]
         if self.input_kind == "image":
-            from asapbench.inputs import label_palette
-
             pal = label_palette(self.label_nc or DEFAULT_LABEL_NC).to(device=x.device, dtype=dtype)
             return F.embedding(lab[:, 0], pal).permute(0, 3, 1, 2).contiguous()
         ids = torch.arange(self.label_classes, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)

@@ -8,7 +8,7 @@ variant (pixelwise stream in bf16, low-res stream in fp32; what `asapbench run -
 when the whole cast fails its gate), the pixelwise stream alone in bf16, and a bf16 torch.mm; each bf16
 model's output is judged against fp32 by the gate `run` applies (PSNR >= 40 dB). Every round runs
 each candidate once in turn (A, B, C, ... alternated), the report gives per-candidate medians.
-Random weights are spread with asapbench.weights.spread_for_resolution (non-saturated output).
+Random weights come from asapbench.weights.realistic_model, the builder `run` uses (non-saturated output).
 
     PYTHONPATH=. python results/cpu-profile/bench_pixelwise.py --threads 2 --reps 5 --out results/cpu-profile/pixelwise-t2.json
 """
@@ -42,16 +42,6 @@ def _onnx(module, args, names):
     return proto
 
 
-def _session(proto, threads):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
@@ -64,7 +54,8 @@ def main():
     from asapbench.bench import system
     from asapbench.counting import count_macs
     from asapbench.inputs import example_input
-    from asapbench.weights import spread_for_resolution
+    from asapbench.weights import realistic_model
+    from exporters.ort import make_session
     from exporters.validate import judge_outputs
 
     bf16, bf16_why = system.cpu_bf16_support()
@@ -78,9 +69,7 @@ def main():
     for item in a.sizes.split(","):
         preset, res = item.split(":")
         h, w = (int(v) for v in res.split("x"))
-        torch.manual_seed(0)
-        m = create_generator("asapnet", preset).eval()
-        spread_for_resolution(m, h, w, seed=0)
+        m = realistic_model("asapnet", h, w, preset, seed=0)
         ref = create_generator("asapnet", preset, pixelwise_impl="reference").eval()
         ref.load_state_dict(m.state_dict())
         x = example_input(m, 1, h, w, seed=1)
@@ -122,13 +111,13 @@ def main():
         with torch.no_grad():
             sessions = {}
             if not big:
-                sessions["model.onnxruntime.fast"] = (_session(_onnx(m, (x,), ["label"]), a.threads), {"label": xs})
-                sessions["model.onnxruntime.reference"] = (_session(_onnx(ref, (x,), ["label"]), a.threads), {"label": xs})
-            sessions["pixelwise.onnxruntime.fast"] = (_session(_onnx(_Pixelwise(m), (hr, params), ["hr", "params"]), a.threads),
+                sessions["model.onnxruntime.fast"] = (make_session(_onnx(m, (x,), ["label"]), threads=a.threads), {"label": xs})
+                sessions["model.onnxruntime.reference"] = (make_session(_onnx(ref, (x,), ["label"]), threads=a.threads), {"label": xs})
+            sessions["pixelwise.onnxruntime.fast"] = (make_session(_onnx(_Pixelwise(m), (hr, params), ["hr", "params"]), threads=a.threads),
                                                      {"hr": hs, "params": ps})
             if not big:
                 sessions["pixelwise.onnxruntime.reference"] = (
-                    _session(_onnx(_Pixelwise(ref), (hr, params), ["hr", "params"]), a.threads), {"hr": hs, "params": ps})
+                    make_session(_onnx(_Pixelwise(ref), (hr, params), ["hr", "params"]), threads=a.threads), {"hr": hs, "params": ps})
         for k, (sess, feed) in sessions.items():
             got = sess.run(None, feed)[0]
             want = (y_ref if k.startswith("model") else pw_ref).numpy()
