@@ -129,7 +129,7 @@ def test_load_generator_roundtrip_and_module_prefix(tmp_path):
 def test_load_generator_names_the_problem(tmp_path):
     m = create_generator("asapnet-tiny")
     save_generator(m, tmp_path / "g.pth")
-    with pytest.raises(UserError, match=r"does not fit asapnet:cityscapes.*missing.*fits asapnet-tiny:tiny"):
+    with pytest.raises(UserError, match=r"holds a generator of asapnet-tiny:tiny .*not of asapnet:cityscapes; load it as model asapnet-tiny with preset tiny"):
         load_generator("asapnet", "cityscapes", tmp_path / "g.pth")
     sd = torch.load(tmp_path / "g.pth", weights_only=True)
     first = next(iter(sd))
