@@ -114,8 +114,9 @@ BASE = {
 
 def _numeric_options():
     """(command, --option, click type name) for every int/float option of every command."""
-    from asapbench.cli import app
     from typer.main import get_command
+
+    from asapbench.cli import app
 
     group = get_command(app)
     out = []

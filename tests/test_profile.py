@@ -57,12 +57,23 @@ def test_profile_stages_times_and_macs(model, backend):
     # the staged computation is the model's (torch: same ops; onnxruntime: the exported graph)
     assert r["stage_output_max_abs_vs_model"] < 1e-4
     kernels = sum(s["ms"] for s in main)
-    if backend == "torch":  # stages timed separately from model(x): loosely the same total (minima:
-        # robust to a busy machine's preemptions)
-        assert 0.33 < r["stage_sum_min_ms"] / r["whole_min_ms"] < 3.0
-    else:  # kernel times lie inside ORT's model_run; the rest is runtime overhead
+    if backend == "torch":
+        # the stages one after another vs model(x) timed on its own in the same rounds: the same work plus a
+        # Python call per stage. Minima of 7 rounds gave 0.86-1.07 on a shared 2-core machine running 7 other
+        # jobs, and once 0.19 (every whole-model round preempted); [0.5, 2] leaves the usual noise twice over,
+        # and up to two fresh profiles absorb a preempted one. A stage timed around the wrong code (nothing,
+        # or twice) falls outside every time
+        ratios = [r["stage_sum_min_ms"] / r["whole_min_ms"]]
+        while not 0.5 < ratios[-1] < 2.0 and len(ratios) < 3:
+            again = run_profile(model, RES[model], backend=backend, threads=1, iters=7, gemm_size=128)
+            ratios.append(again["stage_sum_min_ms"] / again["whole_min_ms"])
+        assert 0.5 < ratios[-1] < 2.0, ratios
+    else:
+        # ORT's model_run events (its profiler's clock) against perf_counter around each sess.run() (ours):
+        # model_run lies inside the call, and the call is mostly model_run (the binding's overhead on these
+        # tiny graphs: 0.05-0.15 ms of 1-13 ms); the kernels lie inside model_run
         assert kernels <= r["whole_ms"] * 1.001
-        assert abs(r["stage_sum_ms"] - r["whole_ms"]) < 1e-6 * max(1.0, r["whole_ms"])
+        assert 0.5 * r["wall_ms"] <= r["whole_ms"] <= r["wall_ms"] * 1.01 + 0.05, (r["whole_ms"], r["wall_ms"])
         assert r["op_types_ms"] and r["onnxruntime"]
 
 
