@@ -58,23 +58,51 @@ def test_profile_stages_times_and_macs(model, backend):
     assert r["stage_output_max_abs_vs_model"] < 1e-4
     kernels = sum(s["ms"] for s in main)
     if backend == "torch":
-        # the stages one after another vs model(x) timed on its own in the same rounds: the same work plus a
-        # Python call per stage. Minima of 7 rounds gave 0.86-1.07 on a shared 2-core machine running 7 other
-        # jobs, and once 0.19 (every whole-model round preempted); [0.5, 2] leaves the usual noise twice over,
-        # and up to two fresh profiles absorb a preempted one. A stage timed around the wrong code (nothing,
-        # or twice) falls outside every time
-        ratios = [r["stage_sum_min_ms"] / r["whole_min_ms"]]
-        while not 0.5 < ratios[-1] < 2.0 and len(ratios) < 3:
-            again = run_profile(model, RES[model], backend=backend, threads=1, iters=7, gemm_size=128)
-            ratios.append(again["stage_sum_min_ms"] / again["whole_min_ms"])
-        assert 0.5 < ratios[-1] < 2.0, ratios
+        # the profile's stage times (wall clock, minima of 7 rounds) against the whole model timed here, on
+        # its own, in CPU time of this thread (one torch thread: the forward runs on it), which preemption
+        # does not inflate. The wall minima of the stages are at least their CPU time and exceed it only when
+        # every round of a stage was preempted: on a shared 2-core machine at load 9.5 the wall minimum of a
+        # 2.5 ms forward was up to 7x its CPU time (so wall vs wall needed a 9x window), short stages far
+        # less. [0.7, 4] holds that noise; a stage timed around the wrong code (nothing) gives ~0
+        ratio = r["stage_sum_min_ms"] / _whole_cpu_ms(model)
+        assert 0.7 < ratio < 4.0, (ratio, r["stage_sum_min_ms"])
     else:
         # ORT's model_run events (its profiler's clock) against perf_counter around each sess.run() (ours):
         # model_run lies inside the call, and the call is mostly model_run (the binding's overhead on these
         # tiny graphs: 0.05-0.15 ms of 1-13 ms); the kernels lie inside model_run
         assert kernels <= r["whole_ms"] * 1.001
-        assert 0.5 * r["wall_ms"] <= r["whole_ms"] <= r["wall_ms"] * 1.01 + 0.05, (r["whole_ms"], r["wall_ms"])
+        # ORT's model_run events (its profiler's clock) lie inside each sess.run() timed with perf_counter
+        # (a clock of ours): never longer, whatever the load (a lower bound is not: at load 9.5 the median
+        # call took 21.7 ms around a 1.7 ms model_run)
+        assert 0 < r["whole_ms"] <= r["wall_ms"] * 1.01 + 0.05, (r["whole_ms"], r["wall_ms"])
         assert r["op_types_ms"] and r["onnxruntime"]
+
+
+def _whole_cpu_ms(model: str, rounds: int = 15) -> float:
+    """Minimum CPU time of this thread for one ``model(x)`` at RES[model], one torch thread, the profile's input."""
+    import time
+
+    import torch
+
+    from asapbench.bench.profile import build_model
+    from asapbench.inputs import example_input
+
+    h, w = (int(v) for v in RES[model].split("x"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = build_model(model, h, w, None, 0)
+        x = example_input(m, 1, h, w, seed=0)
+        best = float("inf")
+        with torch.inference_mode():
+            m(x)
+            for _ in range(rounds):
+                t0 = time.thread_time_ns()
+                m(x)
+                best = min(best, (time.thread_time_ns() - t0) / 1e6)
+        return best
+    finally:
+        torch.set_num_threads(n)
 
 
 def stage_plan_model(model, h, w):
