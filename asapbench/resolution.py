@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from asapbench.bounds import MAX_SIDE
 from asapbench.errors import UserError
 
 #: The resolutions the paper and its supplement time (H, W), smallest first.
@@ -14,7 +15,7 @@ _RES = re.compile(r"^\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*$")
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
-    """``"1024"`` -> (1024, 1024); ``"256x512"`` -> (256, 512) (height x width)."""
+    """``"1024"`` -> (1024, 1024); ``"256x512"`` -> (256, 512) (height x width); each side 1..MAX_SIDE."""
     m = _RES.match(str(text))
     if not m:
         raise UserError(f"cannot read resolution {text!r}; write HEIGHTxWIDTH (e.g. 256x512) or one number for a square (e.g. 1024)")
@@ -22,6 +23,9 @@ def parse_resolution(text: str) -> tuple[int, int]:
     w = int(m.group(2)) if m.group(2) else h
     if h <= 0 or w <= 0:
         raise UserError(f"resolution {text!r} must be positive; e.g. 256x512")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise UserError(f"resolution {text!r} is out of range: height and width must lie in [1, {MAX_SIDE}] pixels; "
+                        "e.g. 256x512")
     return h, w
 
 

@@ -139,6 +139,11 @@ DEFAULT_EPOCHS = 300  # the paper: 300 epochs, linear decay over the last 100
 RESUME_CHANGEABLE = {"out", "resume", "epochs", "steps", "save_every", "sample_every", "workers", "device",
                      "progress", "data", "vgg_weights", "stop_after"}
 
+#: the numeric options checked against :data:`asapbench.bounds.RANGES`
+BOUNDED = ("epochs", "steps", "batch_size", "save_every", "sample_every", "label_nc", "seed", "n_scales_d",
+           "lambda_feat", "lambda_vgg", "lambda_l1", "lr_g", "lr_d", "decay_fraction", "ndf", "synthetic_size",
+           "workers", "stop_after")
+
 
 def auto_save_every(total_steps: int) -> int:
     """The default ``--save-every``: a tenth of the run's steps, at most 1000 (a short run saves within itself,
@@ -163,6 +168,9 @@ def resolve_config(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> Tra
     On resume, a setting that is given and differs from the saved run raises UserError, except
     the ones in :data:`RESUME_CHANGEABLE`.
     """
+    from asapbench.bounds import check_all
+
+    check_all(**{k: getattr(cfg, k) for k in BOUNDED})  # the values given, before any is merged or compared
     given = {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None}
     if saved is not None:
         conflicts = []
@@ -187,20 +195,10 @@ def resolve_config(cfg: TrainConfig, saved: dict[str, Any] | None = None) -> Tra
             setattr(out, k, v)
     if out.model is None or out.dataset is None or out.out is None:
         raise UserError("training needs --model, --dataset and --out")
-    for name in ("batch_size", "save_every", "sample_every", "synthetic_size", "ndf"):
-        if getattr(out, name) is not None and getattr(out, name) < 1:  # save_every None: auto_save_every
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(out, name)}")
     if cfg.stop_after is None:
         out.stop_after = None  # never carried over from the saved run
-    for name in ("steps", "epochs", "stop_after"):
-        if getattr(out, name) is not None and getattr(out, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(out, name)}")
     if cfg.steps is not None and cfg.epochs is not None:
         raise UserError("pass either --steps or --epochs, not both")
-    if not 0.0 <= out.decay_fraction <= 1.0:
-        raise UserError(f"--decay-fraction must lie in [0, 1], got {out.decay_fraction}")
-    if out.workers < 0:
-        raise UserError("--workers must be >= 0")
     return out
 
 

@@ -18,7 +18,9 @@ error against a float64 forward at most 4x PyTorch fp32's own (+1e-4); fp16 -- P
 peak-to-peak range of the output (2.0, for [-1, 1]) as the peak, and no NaN/Inf. Every sample also
 reports the spread of the reference output (std, fraction of saturated pixels |y| > 0.98): a random
 generator whose tanh output is saturated or collapsed to 0 would pass any gate, so such a result is
-flagged ``degenerate`` (and :func:`asapbench.weights.spread_random_weights` fixes random weights).
+flagged ``degenerate`` (and :func:`asapbench.weights.spread_random_weights` fixes random weights); a
+reference with NaN/Inf values or one value everywhere (:func:`asapbench.outputs.output_problem`) fails
+the gate.
 
 fp16 graphs are checked through :func:`exporters.fp16.emulate_fp16`: every value the graph holds in
 fp16 is rounded to fp16, the arithmetic inside a node runs in fp32 (as GPU fp16 kernels accumulate).
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 
 from asapbench.errors import UserError, require
+from asapbench.outputs import output_problem
 from exporters.ort import make_session
 
 #: fp32: onnxruntime's error against a float64 forward of the same model and input may be at most
@@ -105,6 +108,7 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
         "output_std": float(ref.std()),
         "output_range": [float(ref.min()), float(ref.max())],
         "saturated_fraction": float(np.mean(np.abs(ref) > SATURATION)),
+        "reference_problem": output_problem(ref),  # NaN/Inf or constant: the gate fails
     }
 
 
@@ -118,6 +122,8 @@ def _gate(precision: str, worst: dict[str, Any]) -> list[str]:
     """The failed criteria, as short phrases (empty: passed)."""
     crit = PARITY_CRITERIA[precision]
     fails = []
+    if worst.get("reference_problem"):  # any output matches a broken reference as well as none
+        fails.append(f"degenerate PyTorch reference: {worst['reference_problem']}")
     if worst["nonfinite"] > crit.get("nonfinite", 0):
         fails.append(f"{worst['nonfinite']} NaN/Inf values")
     if "max_abs_err" in crit and worst["max_abs_err"] is not None and worst["max_abs_err"] > crit["max_abs_err"]:
@@ -249,6 +255,7 @@ def _worst(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "nonfinite": sum(s["nonfinite"] for s in samples),
         "output_std": min(s["output_std"] for s in samples),
         "saturated_fraction": max(s["saturated_fraction"] for s in samples),
+        "reference_problem": next((s["reference_problem"] for s in samples if s.get("reference_problem")), ""),
         # the sample that comes closest to (or goes furthest past) its bound
         "drift": max(drifts, key=lambda d: d["onnx_vs_float64"] / d["bound"]) if drifts else None,
     }
@@ -383,4 +390,5 @@ def judge_outputs(ref: np.ndarray, got: np.ndarray, precision: str = "fp16") -> 
 
 def _degenerate(rec: dict[str, Any]) -> bool:
     """Whether a reference output is too flat or too saturated for its comparison to mean much."""
-    return rec["output_std"] < MIN_OUTPUT_STD or rec["saturated_fraction"] > MAX_SATURATED
+    return (bool(rec.get("reference_problem")) or rec["output_std"] < MIN_OUTPUT_STD
+            or rec["saturated_fraction"] > MAX_SATURATED)

@@ -38,8 +38,16 @@ def test_tiny_cuda_sweep(tmp_path, cuda_graph):
         assert got[("onnxruntime", "fp32")].provider == "CUDAExecutionProvider"
 
 
-def test_default_backends_on_cuda_include_torch_and_only_what_loads():
-    names = B.default_backends("cuda")
-    assert names[0] == "torch"
-    for b in names:
-        assert B.unsupported_reason(b, "cuda", "fp32") is None
+def test_default_backends_on_cuda_include_torch_and_only_what_loads(tmp_path):
+    """Behaviour, not the table's own filter: a sweep with --backends left out times every backend it picks
+    (torch among them), and each default-set backend it leaves out cannot time a cell here either."""
+    common = dict(cache_dir=tmp_path / "cache", models=["asapnet-tiny"], res=["32x64"], precision=["fp32"], **FAST)
+    rows = run_benchmark(out=tmp_path / "defaults", **common)
+    picked = [r.backend for r in rows]
+    assert picked[0] == "torch"
+    for r in rows:
+        assert r.status == "ok", (r.backend, r.note)
+    left_out = [n for n, b in B.BACKENDS.items() if b.in_default and n not in picked]
+    if left_out:
+        for r in run_benchmark(out=tmp_path / "left-out", backends=left_out, **common):
+            assert r.status == "unsupported" and r.ms_median is None and r.note, (r.backend, r.status, r.note)

@@ -71,8 +71,7 @@ def test_fixture_equals_shared_manifest(manifest):
 
 def test_paper_parameter_counts():
     """Supplement table: ASAP-Net 83.2M, SPADE 93.0M, pix2pix U-Net 54.4M."""
+    assert {"asapnet", "spade", "pix2pix"} <= set(model_names())  # a failed registration fails, not skips
     assert round(count_params(_meta("asapnet", "cityscapes")) / 1e6, 1) == 83.2
-    if "spade" in model_names():
-        assert round(count_params(_meta("spade", "cityscapes")) / 1e6, 1) == 93.0
-    if "pix2pix" in model_names():
-        assert round(count_params(_meta("pix2pix", "unet256")) / 1e6, 1) == 54.4
+    assert round(count_params(_meta("spade", "cityscapes")) / 1e6, 1) == 93.0
+    assert round(count_params(_meta("pix2pix", "unet256")) / 1e6, 1) == 54.4

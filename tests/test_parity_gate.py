@@ -44,3 +44,34 @@ def test_an_output_far_from_float64_fails():
     worst = {**validate.compare(ref, bad), "drift": d}
     fails = validate._gate("fp32", worst)
     assert fails and "float64" in fails[0]
+
+
+def test_a_constant_reference_fails_the_gate(tmp_path):
+    """All-zero weights: PyTorch and the export both give 0 everywhere -- equal, and meaningless. The gate fails
+    (before, it passed with max |err| 0)."""
+    from exporters.onnx_export import export_onnx
+
+    g = build_for_resolution("asapnet-tiny", 64, 128, seed=0).prepare_for_inference()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.zero_()
+    path = export_onnx(g, 64, 128, tmp_path, "fp32", check=False).onnx_path
+    par = validate.check_parity(path, g, validate.parity_inputs(g, 64, 128), "fp32")
+    assert par["max_abs_err"] == 0.0  # the export does match PyTorch
+    assert not par["passed"] and par["degenerate"]
+    assert any("degenerate PyTorch reference" in f and "constant" in f for f in par["failures"]), par["failures"]
+    with pytest.raises(validate.ParityError, match="degenerate PyTorch reference"):
+        validate.raise_if_failed(par, "asapnet-tiny 64x128")
+
+
+def test_a_nonfinite_reference_fails_the_gate_whatever_the_export_gives():
+    """A reference with NaN: every difference is NaN and no threshold compares true; the gate must still fail."""
+    ref = np.linspace(-0.9, 0.9, 2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
+    ref[0, 0, 0, 0] = np.nan
+    got = np.nan_to_num(ref)
+    for precision in ("fp32", "fp16"):
+        v = validate.judge_outputs(ref, got, precision)
+        assert not v["passed"] and v["degenerate"], v
+        assert any("1 of 384 output values are NaN/Inf" in f for f in v["failures"]), v["failures"]
+    ok = validate.judge_outputs(got, got, "fp32")  # the same array without the NaN passes
+    assert ok["passed"] and not ok["degenerate"], ok

@@ -57,13 +57,52 @@ def test_profile_stages_times_and_macs(model, backend):
     # the staged computation is the model's (torch: same ops; onnxruntime: the exported graph)
     assert r["stage_output_max_abs_vs_model"] < 1e-4
     kernels = sum(s["ms"] for s in main)
-    if backend == "torch":  # stages timed separately from model(x): loosely the same total (minima:
-        # robust to a busy machine's preemptions)
-        assert 0.33 < r["stage_sum_min_ms"] / r["whole_min_ms"] < 3.0
-    else:  # kernel times lie inside ORT's model_run; the rest is runtime overhead
+    if backend == "torch":
+        # the profile's stage times (wall clock, minima of 7 rounds) against the whole model timed here, on
+        # its own, in CPU time of this thread (one torch thread: the forward runs on it), which preemption
+        # does not inflate. The wall minima of the stages are at least their CPU time and exceed it only when
+        # every round of a stage was preempted: on a shared 2-core machine at load 9.5 the wall minimum of a
+        # 2.5 ms forward was up to 7x its CPU time (so wall vs wall needed a 9x window), short stages far
+        # less. [0.7, 4] holds that noise; a stage timed around the wrong code (nothing) gives ~0
+        ratio = r["stage_sum_min_ms"] / _whole_cpu_ms(model)
+        assert 0.7 < ratio < 4.0, (ratio, r["stage_sum_min_ms"])
+    else:
+        # ORT's model_run events (its profiler's clock) against perf_counter around each sess.run() (ours):
+        # model_run lies inside the call, and the call is mostly model_run (the binding's overhead on these
+        # tiny graphs: 0.05-0.15 ms of 1-13 ms); the kernels lie inside model_run
         assert kernels <= r["whole_ms"] * 1.001
-        assert abs(r["stage_sum_ms"] - r["whole_ms"]) < 1e-6 * max(1.0, r["whole_ms"])
+        # ORT's model_run events (its profiler's clock) lie inside each sess.run() timed with perf_counter
+        # (a clock of ours): never longer, whatever the load (a lower bound is not: at load 9.5 the median
+        # call took 21.7 ms around a 1.7 ms model_run)
+        assert 0 < r["whole_ms"] <= r["wall_ms"] * 1.01 + 0.05, (r["whole_ms"], r["wall_ms"])
         assert r["op_types_ms"] and r["onnxruntime"]
+
+
+def _whole_cpu_ms(model: str, rounds: int = 15) -> float:
+    """Minimum CPU time of this thread for one ``model(x)`` at RES[model], one torch thread, the profile's input."""
+    import time
+
+    import torch
+
+    from asapbench.bench.profile import build_model
+    from asapbench.inputs import example_input
+
+    h, w = (int(v) for v in RES[model].split("x"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = build_model(model, h, w, None, 0)
+        x = example_input(m, 1, h, w, seed=0)
+        best = float("inf")
+        with torch.inference_mode():
+            m(x)
+            for _ in range(rounds):
+                t0 = time.thread_time_ns()
+                m(x)
+                best = min(best, (time.thread_time_ns() - t0) / 1e6)
+        return best
+    finally:
+        torch.set_num_threads(n)
 
 
 def stage_plan_model(model, h, w):

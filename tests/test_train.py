@@ -186,11 +186,7 @@ def test_cityscapes_samples_train_and_export(tmp_path):
     assert info["overrides"]["label_nc"] == 35 and info["input_nc"] == 36 and info["dataset"]["samples"] == 8
     g = load_generator("asapnet-tiny", None, out / GEN_FILE)
     assert g.label_nc == 35 and g.instance_edge
-    try:
-        from exporters.onnx_export import export_onnx  # noqa: F401
-    except ImportError:
-        pytest.skip("exporters.onnx_export is not available")
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")  # an optional package; exporters/ is part of this repository and must import
     from asapbench.commands.export import export_models
 
     recs = export_models("asapnet-tiny", ["32x64"], checkpoint=str(out / GEN_FILE), out=tmp_path / "exp",
@@ -200,11 +196,7 @@ def test_cityscapes_samples_train_and_export(tmp_path):
 
 
 def test_cli_export_of_a_trained_checkpoint_with_preset(tmp_path):
-    pytest.importorskip("onnxruntime")
-    try:
-        from exporters.onnx_export import export_onnx  # noqa: F401
-    except ImportError:
-        pytest.skip("exporters.onnx_export is not available")
+    pytest.importorskip("onnxruntime")  # an optional package; exporters/ is part of this repository and must import
     out = tmp_path / "r"
     train(TrainConfig(model="asapnet-tiny", out=str(out), steps=2, **FAST))
     p = _cli("export", "--model", "asapnet-tiny", "--preset", "tiny", "--checkpoint", str(out / GEN_FILE),

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -234,7 +233,14 @@ def test_dynamic_profile_builds(tmp_path):
     shapes = dynamic_profile(g.input_nc, [(64, 64), (128, 128)], batch=2)
     r = build_engine(onnx_path, tmp_path, flavour="rtx", dynamic_shapes={"label": shapes})
     assert r.sidecar["build_options"]["profiles"] == {"label": [list(s) for s in shapes]}
-    assert r.sidecar["layer_precisions"]["normalization"] == {"float": r.sidecar["layer_precisions"]["normalization"]["float"]}
+    # every InstanceNormalization node of the fp16 ONNX graph (read from the file) runs in fp32 in the engine
+    import onnx
+
+    norm_nodes = {n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "InstanceNormalization"}
+    assert norm_nodes  # asapnet-tiny normalises
+    norm_layers = [(prec, set(nodes)) for _n, _k, cat, prec, nodes in r.sidecar["compute_layers"] if cat == "normalization"]
+    assert set().union(*(nodes for _, nodes in norm_layers)) >= norm_nodes, norm_layers
+    assert {prec for prec, _ in norm_layers} == {"float"}, norm_layers
     with pytest.raises(UserError, match="min/opt/max"):
         build_engine(onnx_path, tmp_path, flavour="rtx")
 
@@ -358,18 +364,20 @@ def test_cli_builds_portable_engines_without_a_gpu(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # running (needs an NVIDIA GPU and driver)
 # ---------------------------------------------------------------------------------------------
-def _psnr(ref, got):
-    return 10 * np.log10(4.0 / max(float(np.mean((ref.astype(np.float64) - got) ** 2)), 1e-30))
-
-
 @needs_rtx
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_rtx_engine_runs_after_warm_up_with_a_runtime_cache(tmp_path, precision):
+    from asapbench.weights import spread_for_resolution
+    from exporters.onnx_export import export_onnx
     from exporters.trt import TrtRunner, build_engine
+    from exporters.validate import judge_outputs
 
-    g, onnx_path = _export("asapnet-tiny", tmp_path, precision)
+    # realistic (spread) weights, as `run` and `export` use: a collapsed or saturated tanh would match anything
+    g = asapbench.create_generator("asapnet-tiny").prepare_for_inference()
+    spread_for_resolution(g, H, W, seed=0)
+    onnx_path = export_onnx(g, H, W, tmp_path, precision=precision, check=False).onnx_path
     sm = F.current_sm()
     if sm not in F.RTX.targets:
         pytest.skip(f"TensorRT-RTX cannot run on SM {F.sm_label(sm)}")
@@ -381,7 +389,11 @@ def test_rtx_engine_runs_after_warm_up_with_a_runtime_cache(tmp_path, precision)
     got = runner.infer(x.numpy())
     assert runner.warmup_info["runs"] >= 1 and "just in time" in runner.note and "TensorRT-RTX" in runner.note
     assert runner.runtime_cache_path.is_file() and runner.runtime_cache_path.parent == tmp_path / "rc"
-    assert _psnr(ref, got) >= (40 if precision == "fp32" else 30)
+    # the export gate's own criteria (fp32: max |err| <= 1e-4; fp16: PSNR >= 40 dB, no NaN/Inf) on a reference
+    # that is neither constant, saturated nor non-finite
+    verdict = judge_outputs(ref, got, precision)
+    assert not verdict["degenerate"], verdict
+    assert verdict["passed"], (verdict["failures"], verdict["criterion"])
     runner.close()
     again = TrtRunner(r.engine_path, runtime_cache_dir=tmp_path / "rc")
     again.infer(x.numpy())
@@ -435,7 +447,15 @@ def test_a_build_out_of_workspace_names_the_value_to_pass():
     assert hint.startswith("the builder could not allocate 8.35 GiB (the 8 GiB workspace limit plus 0.35 GiB)")
     assert "--workspace-gb 11" in hint
     assert workspace_hint("Exceeded mem budget", 4).endswith("pass --workspace-gb 16")
-    assert DEFAULT_WORKSPACE_GB > 4  # ASAP-Net fp32 at 2048x2048 needs more than 4 GiB
+    # the default limit covers the request of that recorded build (8962049536 bytes), from the CLI too
+    assert DEFAULT_WORKSPACE_GB * 2**30 >= 8962049536
+    from typer.main import get_command
+
+    from asapbench.cli import app
+
+    for name in ("export", "engines"):
+        (opt,) = [p for p in get_command(app).commands[name].params if "--workspace-gb" in p.opts]
+        assert opt.default * 2**30 >= 8962049536, (name, opt.default)
 
 
 @needs_rtx

@@ -278,6 +278,7 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
                 threads: int | None = None, iters: int = 3, warmup: int = 1, seed: int = 0,
                 gemm_size: int = 2048, cast: str = "auto", input: str = "onehot") -> dict[str, Any]:
     """Validate the arguments, profile, and return the JSON-able result (see the module docstring)."""
+    from asapbench.bounds import check_all
     from asapbench.registry import get_spec
     from asapbench.resolution import parse_resolution
 
@@ -301,14 +302,7 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
     if cast != "auto" and precision == "fp32":
         raise UserError(f"--cast {cast} applies to --precision bf16 only; drop --cast for fp32")
     h, w = parse_resolution(res)
-    if iters < 1:
-        raise UserError(f"--iters must be at least 1, got {iters}")
-    if warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {warmup}")
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}")
-    if gemm_size < 16:
-        raise UserError(f"--gemm-size must be at least 16, got {gemm_size}")
+    check_all(iters=iters, warmup=warmup, threads=threads, gemm_size=gemm_size, seed=seed)
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -241,7 +241,8 @@ def _suggest_budget(seconds: float) -> str:
 
 
 def measure_cell(row: BenchRow, cell: B.Cell, cfg: SweepConfig, on_phase: Callable[[str], None] | None = None) -> BenchRow:
-    """Prepare, load, warm up and time one cell, filling ``row`` (exceptions propagate to the caller)."""
+    """Prepare, load, check one output (:func:`_check_output`), warm up and time one cell, filling ``row``
+    (exceptions propagate to the caller)."""
     say = on_phase or (lambda s: None)
     runner = B.make_runner(cell)
     say("exporting" if cell.backend != "torch" else "loading")
@@ -251,6 +252,7 @@ def measure_cell(row: BenchRow, cell: B.Cell, cfg: SweepConfig, on_phase: Callab
     try:
         with runner:
             deadline = (time.perf_counter() + cfg.budget_s) if cfg.budget_s else None
+            _check_output(runner, cell)
             _time_device(row, runner, cell, cfg, deadline, say)
             probe.sample()
             if cfg.e2e_iters > 0:
@@ -271,6 +273,20 @@ def measure_cell(row: BenchRow, cell: B.Cell, cfg: SweepConfig, on_phase: Callab
     finally:
         del runner
         _free_device()
+
+
+class DegenerateOutput(B.GateFailed):
+    """The cell's output is NaN/Inf or constant: an ``error`` row, not a time."""
+
+
+def _check_output(runner: B.Runner, cell: B.Cell) -> None:
+    """One host-to-host run of the cell, its output checked (finite, not constant) before anything is timed."""
+    from asapbench.outputs import output_problem
+
+    problem = output_problem(runner.run_e2e())
+    if problem:
+        raise DegenerateOutput(f"not timed: {problem} in the {cell.backend} {cell.precision} output "
+                               "(the weights or the export are broken); check the --checkpoint")
 
 
 def _time_device(row: BenchRow, runner: B.Runner, cell: B.Cell, cfg: SweepConfig, deadline: float | None,

@@ -288,7 +288,8 @@ def register(app) -> None:
         clear_notes: Annotated[bool, typer.Option("--clear-notes", metavar="", rich_help_panel="Report", help="Drop the report's earlier notes (rows are kept; pass the notes that still hold with --note).")] = False,
     ) -> None:
         """Build TensorRT engines for ONNX files, one process each, and report parse/build/memory/precisions."""
-        if workspace_gb <= 0:
-            raise UserError(f"--workspace-gb must be positive, got {workspace_gb}")
+        from asapbench.bounds import check
+
+        check("--workspace-gb", workspace_gb)
         build_report(onnx, out=out, work=work, trt=trt, target_sm=target_sm, workspace_gb=workspace_gb,
                      keep_engines=keep_engines, notes=note or (), max_res=max_res, clear_notes=clear_notes)

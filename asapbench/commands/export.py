@@ -144,6 +144,7 @@ def export_models(
     they were skipped). ``input``: ``onehot`` (default) or ``labels`` (the graph takes the int32 label map). ``trt``: ``auto``, ``tensorrt`` (enterprise; builds on this GPU) or ``rtx``
     (TensorRT for RTX; builds without a GPU for ``target_sm``, default 86,89,120).
     """
+    from asapbench.bounds import check, check_all
     from asapbench.fsutil import ensure_writable_dir
     from asapbench.resolution import format_resolution, parse_resolutions
 
@@ -153,10 +154,12 @@ def export_models(
         raise UserError(f"unknown --engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if precision not in PRECISIONS:
         raise UserError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
-    if workspace_gb <= 0:
-        raise UserError(f"--workspace-gb must be positive, got {workspace_gb}")
+    check_all(batch=batch, workspace_gb=workspace_gb, seed=seed)
+    if opset is not None:
+        from asapbench.errors import require
+
+        onnx = require("onnx", why="to export ONNX")
+        check("--opset", opset, hi=onnx.defs.onnx_opset_version())  # no newer than the installed onnx defines
     kind = input_kind(input)
     resolutions = parse_resolutions(res)
     want_trt = engine in ("trt", "all")
@@ -184,6 +187,7 @@ def export_models(
     from exporters.onnx_export import export_onnx
 
     models = _build_models(model, preset, checkpoint, resolutions, seed, dynamic)
+    _check_memory(models, batch)
     records: list[dict[str, Any]] = []
     for g, rs in models:
         g.set_input_mode(kind)  # after the weights were made realistic (on the one-hot input)
@@ -207,6 +211,19 @@ def export_models(
         records.append({"kind": "trt", "skipped": trt_reason})
         log(f"TensorRT engines skipped: {trt_reason}")
     return records
+
+
+def _check_memory(models: list[tuple[Any, list[tuple[int, int]]]], batch: int) -> None:
+    """UserError before anything is exported when a size's forward will not fit in the memory available:
+    the estimate ``asapbench run`` refuses cells by (:mod:`asapbench.bench.memory`). The export traces and
+    the parity gate runs the PyTorch fp32 forward on the CPU at every size, whatever --precision."""
+    from asapbench.bench.memory import estimate, fits
+
+    for g, rs in models:
+        for h, w in rs:
+            ok, why = fits(estimate(g, batch, h, w, "fp32"), "cpu")
+            if not ok:
+                raise UserError(f"--res {h}x{w}: not exported: a forward {why}")
 
 
 def _onnx_record(r, resolution: str, precision: str, dynamic: bool) -> dict[str, Any]:

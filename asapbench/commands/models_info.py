@@ -29,10 +29,12 @@ def model_info(model: str, preset: str | None = None, res: str | None = None, ba
     Without ``preset``, a given ``res`` configures the model as the paper does for that resolution
     (ASAP-Net: S = H/16); without ``res``, the preset's own resolution is used.
     """
+    from asapbench.bounds import check
     from asapbench.counting import count_macs
     from asapbench.registry import build_for_resolution, get_preset
     from asapbench.resolution import parse_resolution
 
+    check("--batch", batch)
     if res is not None:
         height, width = parse_resolution(res)
     else:
@@ -92,7 +94,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option("--model", "-m", metavar="NAME", help="Registered model name (see `asapbench models`).")],
         preset: Annotated[Optional[str], typer.Option("--preset", "-p", metavar="NAME", help="Preset (default: the paper's configuration for --res, else the model's default).")] = None,
         res: Annotated[Optional[str], typer.Option("--res", "-r", metavar="RES", help="Resolution: 1024 (square) or HxW such as 256x512. Default: the preset's.")] = None,
-        batch: Annotated[int, typer.Option("--batch", metavar="N", help="Batch size for the MAC count.", min=1)] = 1,
+        batch: Annotated[int, typer.Option("--batch", metavar="N", help="Batch size for the MAC count.")] = 1,
         as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object.")] = False,
     ) -> None:
         """Params and MACs of a model at a resolution (and ASAP-Net's S1, S2, grid, tile, positional channels)."""

@@ -119,9 +119,17 @@ def build_config(
     """
     from asapbench.bench.backends import PRECISIONS, default_backends, get_backend
     from asapbench.bench.sweep import SweepConfig, cpu_defaults, cuda_defaults
+    from asapbench.bounds import check_all
     from asapbench.registry import get_spec
     from asapbench.resolution import parse_resolutions
 
+    models, res, backends, precision = ([v] if isinstance(v, str) else None if v is None else list(v)
+                                        for v in (models, res, backends, precision))
+    for option, given in (("--models", models), ("--res", res), ("--backends", backends), ("--precision", precision)):
+        if given and not _split(given):  # `--res ""`: not the default silently
+            raise UserError(f"{option} is empty; leave it out for the default or name a value (see 'asapbench run --help')")
+    check_all(batch=batch, warmup=warmup, warmup_seconds=warmup_seconds, iters=iters, min_seconds=min_seconds,
+              e2e_iters=e2e_iters, budget=budget, threads=threads, seed=seed)
     model_names = _split(models) or list(DEFAULT_MODELS)
     for m in model_names:
         get_spec(m)  # UserError listing the choices
@@ -138,23 +146,15 @@ def build_config(
             raise UserError(f"unknown --precision {p!r}; choose from: {', '.join(PRECISIONS)}")
     if cuda_graph and dev != "cuda":
         raise UserError("--cuda-graph needs a GPU (--device cuda); CUDA graphs do not exist on the CPU")
-    if batch < 1:
-        raise UserError(f"--batch must be at least 1, got {batch}")
     loop = cuda_defaults() if dev == "cuda" else cpu_defaults()
     for name, val in (("warmup", warmup), ("iters", iters), ("e2e_iters", e2e_iters)):
         if val is not None:
-            if val < (1 if name == "iters" else 0):
-                raise UserError(f"--{name.replace('_', '-')} must be at least {1 if name == 'iters' else 0}, got {val}")
             loop[name] = val
     for name, val in (("warmup_seconds", warmup_seconds), ("min_seconds", min_seconds)):
         if val is not None:
-            if val < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {val}")
             loop[name] = float(val)
-    if budget is not None and budget <= 0:
-        budget = None  # 0 or negative: no budget
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}")
+    if budget is not None and budget == 0:
+        budget = None  # 0: no budget
     ckpts = _parse_checkpoints(checkpoint, model_names)
     from asapbench.commands.export import input_kind
 
