@@ -414,7 +414,7 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
     """
     from asapbench.bench.sweep import iter_sweep
     from asapbench.bench.system import snapshot
-    from asapbench.fsutil import DiskFull, FolderLock, atomic_write_text, clean_stale_tmp
+    from asapbench.fsutil import DiskFull, atomic_write_text, clean_stale_tmp
     from asapbench.report import csv_text, render_all
 
     out_dir = Path(out_dir)
@@ -422,7 +422,10 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
     rows: list = []
     total = 0
     display = SweepDisplay(progress)
-    lock = FolderLock(out_dir, "--out").acquire()
+    lock = _lock_out(out_dir)
+    from exporters.cache import use_cache
+
+    cache_lock = use_cache(cfg.cache_dir)  # marks the cache; `cache --clear` waits for this run
     try:
         if lock.stale:
             display.warn(f"took over the lock of an earlier run that no longer exists (pid {lock.stale.get('pid')})")
@@ -476,7 +479,27 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
         _unlink(out_dir / PARTIAL_CSV)
     finally:
         lock.release()
+        if cache_lock is not None:
+            cache_lock.release()
     return rows
+
+
+def _lock_out(out_dir: Path):
+    """The --out folder's lock; on a full disk DiskFull naming the folder, and no empty lock file left."""
+    from asapbench.fsutil import DiskFull, FolderLock, is_out_of_space
+
+    try:
+        return FolderLock(out_dir, "--out").acquire()
+    except OSError as exc:
+        if not is_out_of_space(exc):
+            raise
+        lock_file = out_dir / FolderLock.NAME
+        try:
+            if lock_file.stat().st_size == 0:  # created, but its pid could not be written
+                lock_file.unlink()
+        except OSError:
+            pass
+        raise DiskFull(out_dir, 4096, "--out folder") from None
 
 
 def _unlink(p: Path) -> None:
