@@ -338,13 +338,13 @@ def _network_types(network) -> dict[str, str]:
 
 
 def _onnx_inputs(onnx_path: Path, onnx_sha: str) -> tuple[list[dict[str, Any]], dict | None]:
-    """Input names/shapes of the ONNX (from its asapbench sidecar when it matches, else the file)."""
-    side_path = onnx_path.with_suffix(".json")
-    try:
-        side = json.loads(side_path.read_text())
-    except (OSError, ValueError):
+    """Input names/shapes of the ONNX (from its asapbench sidecar when it is sound and matches, else the file)."""
+    from exporters.cache import onnx_sidecar_problem, read_json
+
+    side, why = read_json(onnx_path.with_suffix(".json"))
+    if why or onnx_sidecar_problem(side):
         side = None
-    if isinstance(side, dict) and side.get("onnx_sha256") == onnx_sha and "input" in side:
+    if side is not None and side["onnx_sha256"] == onnx_sha:
         return [side["input"]], side
     from exporters.onnx_export import verify_onnx_file
 
@@ -692,13 +692,13 @@ def _dtypes(trt, dt):
 
 
 def read_sidecar(engine_path: str | Path) -> dict | None:
-    """The ``<engine>.json`` sidecar written by :func:`build_engine` (None when absent or unreadable)."""
+    """The ``<engine>.json`` sidecar written by :func:`build_engine` (None when absent, unreadable, not a
+    regular file, too large or of the wrong shape: :func:`exporters.cache.read_json`)."""
+    from exporters.cache import engine_sidecar_problem, read_json
+
     p = Path(engine_path)
-    try:
-        side = json.loads(p.with_name(p.name + ".json").read_text())
-    except (OSError, ValueError):
-        return None
-    return side if isinstance(side, dict) else None
+    side, why = read_json(p.with_name(p.name + ".json"))
+    return None if why or engine_sidecar_problem(side) else side
 
 
 def check_engine_file(engine_path: str | Path, flavour: str | Flavour = "auto", device_id: int = 0) -> tuple[Flavour, dict | None]:
@@ -713,6 +713,9 @@ def check_engine_file(engine_path: str | Path, flavour: str | Flavour = "auto", 
     if not path.is_file():
         raise UserError(f"engine file not found: {str(path)!r}; build it with `asapbench export --engine trt`")
     side = read_sidecar(path)
+    if side is None and os.path.lexists(path.with_name(path.name + ".json")):
+        raise UserError(f"engine {path.name}: its sidecar {path.name}.json is unreadable or malformed; "
+                        "rebuild the engine with `asapbench export --engine trt`")
     built = (side or {}).get("key") or {}
     choice = flavour.name if isinstance(flavour, Flavour) else (flavour or "auto")
     if built.get("flavour") and choice != "auto" and F.FLAVOURS.get(built["flavour"]) is not F.FLAVOURS.get(

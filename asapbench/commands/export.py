@@ -196,7 +196,7 @@ def export_models(
         for h, w in (rs[:1] if dynamic else rs):
             r = export_onnx(g, h, w, out_dir, precision=precision, dynamic=dynamic, batch=batch, opset=opset,
                             check=check, checkpoint=checkpoint, seed=seed, reuse=reuse, progress=progress,
-                            check_sizes=rs[1:] if dynamic else (), label_dir=parity_labels)
+                            check_sizes=rs[1:] if dynamic else (), label_dir=parity_labels, option="--out")
             rec = _onnx_record(r, format_resolution((h, w)), precision, dynamic)
             records.append(rec)
             log(_describe(rec))
