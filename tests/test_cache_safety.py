@@ -244,7 +244,7 @@ def test_external_data_outside_the_folder_is_refused_and_the_entry_replaced(gate
     from onnx import TensorProto
 
     from asapbench.errors import UserError
-    from exporters.onnx_export import export_onnx, external_data, verify_onnx_file
+    from exporters.onnx_export import export_onnx
 
     onnx_path, side = copy_export(gated_export, tmp_path / "a" / "b" / "onnx")
     (tmp_path / "a" / "secret.bin").write_bytes(b"\0" * 4096)
@@ -255,11 +255,14 @@ def test_external_data_outside_the_folder_is_refused_and_the_entry_replaced(gate
     t.external_data.add(key="location", value=location)
     onnx.save(proto, str(onnx_path))
     reseal(onnx_path, side)
-    with pytest.raises(UserError, match="outside the file's folder"):
-        verify_onnx_file(onnx_path)
+    bad = shutil.copy2(onnx_path, tmp_path / "a" / "b" / "bad.onnx")
     r = export_onnx(tiny_model(), H, W, onnx_path.parent, "fp32", check=False)
     assert not r.reused
+    from exporters.onnx_export import external_data, verify_onnx_file
+
     assert external_data(onnx.load(str(onnx_path), load_external_data=False)) == []
+    with pytest.raises(UserError, match="outside the file's folder"):
+        verify_onnx_file(bad)
 
 
 # ---------------------------------------------------------------------------------------------
