@@ -200,8 +200,9 @@ def test_clear_refuses_while_an_export_is_writing_the_cache(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 3. a forged cached ONNX is exported again
 # ---------------------------------------------------------------------------------------------
-def _zeros_graph(path: Path) -> None:
-    """A 2-node graph with the export's input and output that returns zeros."""
+def _zeros_graph(path: Path, keep_weights: bool = False) -> None:
+    """A 2-node graph with the export's input and output that returns zeros (``keep_weights``: carrying the
+    real initialisers, unused)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -210,19 +211,22 @@ def _zeros_graph(path: Path) -> None:
              helper.make_node("Mul", ["x3", "zero"], ["image"])]
     inits = [helper.make_tensor("s", TensorProto.INT64, [1], [0]), helper.make_tensor("e", TensorProto.INT64, [1], [3]),
              helper.make_tensor("a", TensorProto.INT64, [1], [1]), helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
+    if keep_weights:
+        inits += list(old.graph.initializer)
     g = helper.make_graph(nodes, "forged", [old.graph.input[0]], [old.graph.output[0]], inits)
     forged = helper.make_model(g, opset_imports=old.opset_import)
     forged.metadata_props.extend(old.metadata_props)  # it even claims the weights
     onnx.save(forged, str(path))
 
 
-@pytest.mark.parametrize("check", [True, False])
-def test_a_forged_cached_onnx_is_exported_again(gated_export, tmp_path, check):
+@pytest.mark.parametrize("check, keep_weights", [(True, False), (False, False), (True, True)])
+def test_a_forged_cached_onnx_is_exported_again(gated_export, tmp_path, check, keep_weights):
+    """A forged graph without the weights fails the initialiser check; one carrying them, the parity sample."""
     from exporters.onnx_export import export_onnx
     from exporters.ort import OrtRunner
 
     onnx_path, side = copy_export(gated_export, tmp_path / "onnx")
-    _zeros_graph(onnx_path)
+    _zeros_graph(onnx_path, keep_weights)
     reseal(onnx_path, side)
     forged = onnx_path.read_bytes()
     m = tiny_model()
