@@ -423,9 +423,12 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
     total = 0
     display = SweepDisplay(progress)
     lock = _lock_out(out_dir)
+    from asapbench.bench.backends import BACKENDS
     from exporters.cache import use_cache
 
-    cache_lock = use_cache(cfg.cache_dir)  # marks the cache; `cache --clear` waits for this run
+    exports = any("runner_torch" not in BACKENDS[b].runner for b in cfg.backends if b in BACKENDS)
+    # marks the cache and holds its shared lock: `cache --clear` refuses while this run uses it
+    cache_lock = use_cache(cfg.cache_dir) if exports or Path(cfg.cache_dir).is_dir() else None
     try:
         if lock.stale:
             display.warn(f"took over the lock of an earlier run that no longer exists (pid {lock.stale.get('pid')})")
