@@ -421,3 +421,17 @@ def test_the_lock_holder_is_named_and_the_lock_needs_no_file(tmp_path):
     with CacheLock(root, exclusive=True):  # the lock went with the process
         pass
     assert list(root.iterdir()) == []
+
+
+def test_an_engine_on_a_full_disk_names_the_folder_its_size_and_the_option(gated_export, tmpfs):
+    pytest.importorskip("tensorrt_rtx")
+    from asapbench.fsutil import DiskFull
+    from exporters.trt import build_engine
+
+    disk = tmpfs("engines", "64k")
+    with pytest.raises(DiskFull) as e:
+        build_engine(gated_export / f"{STEM}.onnx", disk, flavour="rtx", targets="86", option="--out")
+    msg = str(e.value)
+    assert "no space left" in msg and str(disk) in msg and "--out" in msg and "--cache-dir" not in msg
+    assert _needed_bytes(msg) > 64 * 2**10
+    assert [p for p in disk.iterdir() if p.name.endswith(".engine") or p.name.endswith(".tmp")] == []

@@ -40,7 +40,8 @@ class TensorRTRunner(Runner):
         engines = Path(self.cell.cache_dir) / "engines"
         with entry_lock(engines):  # the cache's shared lock: `cache --clear` cannot delete a build in progress
             self.engine = build_engine(exported.onnx_path, out_dir=engines,
-                                       progress=self.cell.progress, flavour=self.cell.trt, targets="current")
+                                       progress=self.cell.progress, flavour=self.cell.trt, targets="current",
+                                       option="--cache-dir")
 
     def open(self) -> None:
         from exporters.trt import TrtRunner

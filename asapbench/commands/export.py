@@ -205,7 +205,7 @@ def export_models(
 
                 shapes = {r.sidecar["input"]["name"]: dynamic_profile(g.label_input_nc if kind == "labels" else g.input_nc, rs, batch)} if dynamic else None
                 e = build_engine(r.onnx_path, out_dir, workspace_gb=workspace_gb, dynamic_shapes=shapes,
-                                 reuse=reuse, progress=progress, flavour=flavour, targets=trt_targets)
+                                 reuse=reuse, progress=progress, flavour=flavour, targets=trt_targets, option="--out")
                 erec = _engine_record(e, rec)
                 records.append(erec)
                 log(_describe(erec))
