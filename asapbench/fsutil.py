@@ -206,6 +206,8 @@ class FolderLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
+                if is_out_of_space(exc):
+                    raise DiskFull(self.path.parent, 4096, f"{self.option} folder") from None
                 raise self._cannot(exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -241,7 +243,13 @@ class FolderLock:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
             except OSError as exc:
+                try:  # ours (we hold it): leave no empty lock file behind, e.g. on a full disk
+                    os.unlink(self.path)
+                except OSError:
+                    pass
                 os.close(fd)
+                if is_out_of_space(exc):
+                    raise DiskFull(self.path.parent, 4096, f"{self.option} folder") from None
                 raise self._cannot(exc) from None
             self._fd = fd
             self.held = True
@@ -280,30 +288,51 @@ class BadJsonFile(UserError):
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "", max_bytes: int = MAX_JSON_BYTES) -> Any:
     """The parsed content of a JSON file; :class:`BadJsonFile` (a UserError: one line naming the file, the
-    problem and ``fix``) when it cannot be read, is larger than ``max_bytes``, is not JSON or is nested too
-    deeply to parse (a hand-edited or hostile file: Python's parser raises RecursionError beyond about 1000
-    levels)."""
+    problem and ``fix``; ``why`` the short reason, "missing" for no file) when it cannot be read, is not a
+    regular file (a FIFO, or a link to a device such as /dev/zero, is refused before anything is read), is
+    larger than ``max_bytes``, is not UTF-8 JSON or is nested too deeply to parse (a hand-edited or hostile
+    file: Python's parser raises RecursionError beyond about 1000 levels)."""
+    import stat
+
     p = Path(path)
     tail = f"; {fix}" if fix else ""
 
-    def bad(why: str) -> BadJsonFile:
-        return BadJsonFile(f"{what} {str(p)!r} {why}{tail}", why)
+    def bad(text: str, why: str | None = None) -> BadJsonFile:
+        return BadJsonFile(f"{what} {str(p)!r} {text}{tail}", why or text)
 
     try:
-        size = p.stat().st_size
-        if size > max_bytes:
-            raise bad(f"is {format_bytes(size)}, more than the {format_bytes(max_bytes)} such a file may hold")
-        text = p.read_bytes().decode("utf-8")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise bad("does not exist", "missing") from None
     except OSError as exc:
         raise bad(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise bad("is not a regular file")
+        if st.st_size > max_bytes:
+            raise bad(f"is {format_bytes(st.st_size)}, more than the {format_bytes(max_bytes)} such a file may hold")
+        chunks, n = [], 0
+        while n <= max_bytes:
+            b = os.read(fd, min(1 << 20, max_bytes + 1 - n))
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+    except OSError as exc:
+        raise bad(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if n > max_bytes:
+        raise bad(f"holds more than the {format_bytes(max_bytes)} such a file may hold")
+    try:
+        return json.loads(b"".join(chunks).decode("utf-8"))
     except UnicodeDecodeError:
         raise bad("is not UTF-8 text") from None
-    try:
-        return json.loads(text)
     except RecursionError:
         raise bad("is nested too deeply to be a file asapbench wrote") from None
     except ValueError as exc:
-        raise bad(f"is not valid JSON ({exc})") from None
+        raise bad(f"is not valid JSON ({exc})", "not valid JSON") from None
 
 
 def default_file_mode() -> int:

@@ -10,7 +10,9 @@ name; a failed gate leaves no ONNX under the final name and writes the numbers t
 ``<stem>.parity-failed.json``. An existing file is reused only when its sidecar records the same
 model, preset, configuration, resolution, batch, precision, dynamic shapes, opset, weights
 (sha256 of the state dict), seed and torch/onnx/onnxscript versions, and the file's sha256
-still matches the sidecar.
+still matches the sidecar -- and the file itself still holds this model: no external data, the model's
+weights among its initialisers (:func:`weights_in_graph`, as many as when it was exported) and, with the gate on, one parity sample
+against PyTorch (:func:`_reuse`). Anything else is exported again and replaced.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ from typing import Any
 import torch
 
 from asapbench.errors import UserError, require
-from asapbench.fsutil import atomic_write_json, default_file_mode, ensure_writable_dir, sha256_file
+from asapbench.fsutil import (
+    DiskFull,
+    atomic_write_json,
+    default_file_mode,
+    ensure_writable_dir,
+    free_bytes,
+    is_out_of_space,
+    sha256_file,
+)
 
 #: opset of the exported graphs (>= 17 for the InstanceNormalization/Pad forms TensorRT 10 parses)
 DEFAULT_OPSET = 20
@@ -47,6 +57,8 @@ PRECISIONS = ("fp32", "fp16")
 #: dynamic exports accept H and W up to this many pixels and batches up to MAX_DYNAMIC_BATCH
 MAX_DYNAMIC_SIDE = 4096
 MAX_DYNAMIC_BATCH = 64
+#: bytes set aside for the sidecar when checking the space an export needs
+SIDECAR_BYTES = 64 * 2**10
 
 Progress = Callable[[str], None]
 
@@ -123,11 +135,75 @@ def versions() -> dict[str, str | None]:
 
 
 def load_sidecar(path: str | Path) -> dict | None:
-    """The JSON sidecar at ``path``, or None when it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    """The JSON sidecar at ``path``, or None when it is missing, unreadable, not a regular file, too large,
+    not JSON or not a JSON object (:func:`exporters.cache.read_json`)."""
+    from exporters.cache import read_json
+
+    side, _why = read_json(path)
+    return side if isinstance(side, dict) else None
+
+
+def _tensors(graph):
+    """Every TensorProto of ``graph`` (initialisers, sparse ones, node attributes, sub-graphs)."""
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for g in a.graphs:
+                yield from _tensors(g)
+
+
+def external_data(proto) -> list[tuple[str, str]]:
+    """(tensor name, location) of every tensor of ``proto`` whose data lives in another file."""
+    from onnx import TensorProto
+
+    out = []
+    for t in _tensors(proto.graph):
+        if t.data_location == TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            out.append((t.name, loc))
+    return out
+
+
+def external_data_problem(proto, folder: str | Path) -> str | None:
+    """Why the external data of ``proto`` (a file in ``folder``) may not be read: a location that is
+    absolute, leaves the folder (``..``, a link) or is not a regular file. None when all is inside."""
+    base = os.path.realpath(folder)
+    for name, loc in external_data(proto):
+        target = os.path.realpath(os.path.join(base, loc))
+        if not loc or os.path.isabs(loc) or os.path.commonpath([base, target]) != base:
+            return f"tensor {name!r} points to external data {loc!r} outside the file's folder"
+        if not os.path.isfile(target):
+            return f"tensor {name!r} points to external data {loc!r}, which is not a file"
+    return None
+
+
+def weights_in_graph(proto, model: torch.nn.Module) -> float:
+    """Share of ``model``'s state-dict elements that ``proto`` carries verbatim: an initialiser of the same
+    name and shape whose values equal the tensor (cast to the initialiser's dtype, e.g. fp16)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    total = carried = 0
+    for k, v in model.state_dict().items():
+        if not v.is_floating_point():
+            continue
+        total += v.numel()
+        init = inits.get(k)
+        if init is None or tuple(init.dims) != tuple(v.shape):
+            continue
+        a = numpy_helper.to_array(init)
+        if a.dtype.kind == "f" and np.array_equal(a, v.detach().cpu().float().numpy().astype(a.dtype)):
+            carried += v.numel()
+    return carried / total if total else 1.0
 
 
 @functools.lru_cache(maxsize=16)
@@ -193,8 +269,14 @@ def verify_onnx_file(path: str | Path) -> Any:
     if not p.is_file():
         raise UserError(f"ONNX file not found: {str(p)!r}; export it first with `asapbench export`")
     try:
+        proto = onnx.load(str(p), load_external_data=False)
+        problem = external_data_problem(proto, p.parent)
+        if problem:
+            raise UserError(f"{str(p)!r} is refused: {problem}; delete it and export again with `asapbench export`")
         onnx.checker.check_model(str(p))
-        return onnx.load(str(p), load_external_data=False)
+        return proto
+    except UserError:
+        raise
     except Exception as exc:  # DecodeError, ValidationError, ...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise UserError(
@@ -333,6 +415,7 @@ def export_onnx(
     progress: Progress | None = None,
     check_sizes: Sequence[tuple[int, int]] = (),
     label_dir: str | Path | None = None,
+    option: str | None = None,
 ) -> ExportResult:
     """Export a built generator to ONNX at H x W; parity-check it; write the file and its sidecar.
 
@@ -354,6 +437,11 @@ def export_onnx(
             neighbouring size with batch 2).
         label_dir: a folder of label-map PNGs whose first map(s) the parity gate uses besides the
             synthetic label maps (:func:`asapbench.inputs.input_from_label_maps`).
+        option: the command-line option that names ``out_dir`` (``--out``, ``--cache-dir``), named by
+            the errors about it (an unwritable folder, a full disk).
+
+    Writing into a sub-folder of a marked cache holds the cache's shared lock
+    (:class:`exporters.cache.CacheLock`), so that ``asapbench cache --clear`` cannot delete a file in progress.
     """
     opset = _check_arguments(precision, batch, opset)
     step = progress or (lambda s: None)
@@ -362,18 +450,21 @@ def export_onnx(
     out = Path(out_dir)
     stem = onnx_stem(model, height, width, precision, dynamic, batch)
     job = _Job(model, height, width, precision, dynamic, batch, seed, tuple(check_sizes), label_dir,
-               out / f"{stem}.onnx", out / f"{stem}.json", step)
+               out / f"{stem}.onnx", out / f"{stem}.json", step, what=f"{option} folder" if option else "export folder")
     step("hashing weights")
     job.weights = weights_sha256(model)
     job.key = export_key(model, height, width, precision, dynamic, batch, opset, seed, job.weights)
-    if reuse:  # a valid export is reused from a read-only folder too: the write test comes after
-        existing = _reuse(job, check)
-        if existing is not None:
-            return existing
-    ensure_writable_dir(out, "export folder")
-    t0 = time.perf_counter()
-    proto, timings, fp16_report = _trace_and_convert(job, opset)
-    return _check_and_publish(job, proto, opset, timings, fp16_report, checkpoint, check, t0)
+    from exporters.cache import entry_lock
+
+    with entry_lock(out):
+        if reuse:  # a valid export is reused from a read-only folder too: the write test comes after
+            existing = _reuse(job, check)
+            if existing is not None:
+                return existing
+        ensure_writable_dir(out, job.what)
+        t0 = time.perf_counter()
+        proto, timings, fp16_report = _trace_and_convert(job, opset)
+        return _check_and_publish(job, proto, opset, timings, fp16_report, checkpoint, check, t0)
 
 
 @dataclass
@@ -392,6 +483,7 @@ class _Job:
     onnx_path: Path
     sidecar_path: Path
     step: Progress
+    what: str = "export folder"  # the folder in messages: "--out folder", "--cache-dir folder"
     weights: str = ""
     key: dict | None = None
     inputs: list | None = None  # parity inputs, once made
@@ -454,16 +546,37 @@ def _check_arguments(precision: str, batch: int, opset: int | None) -> int:
 
 
 def _reuse(job: _Job, check: bool) -> ExportResult | None:
-    """The existing export when its sidecar key and file hash match (gated first if it never was)."""
+    """The existing export when its sidecar is sound, its key and file hash match, and the file still holds
+    this model (:func:`_holds_model`); gated first if it never was. None: export again (replacing it)."""
+    from exporters.cache import onnx_sidecar_problem, read_json
+
     if not job.onnx_path.is_file():
         return None
-    old = load_sidecar(job.sidecar_path)
-    if not (old and old.get("key") == job.key and old.get("onnx_sha256") == sha256_file(job.onnx_path)):
+    old, why = read_json(job.sidecar_path)
+    problem = why or onnx_sidecar_problem(old)
+    if problem:
+        job.step(f"cached export not reused: its sidecar is {problem}")
+        return None
+    if not (old["key"] == job.key and old["onnx_sha256"] == sha256_file(job.onnx_path)):
+        return None
+    problem = _holds_model(job, old)
+    if problem:
+        job.step(f"cached export not reused: {problem}; exporting again")
         return None
     par = old.get("parity") or {}
     checked = {tuple(x["shape"][2:]) for x in par.get("samples", [])}
     unchecked = job.dynamic and any(tuple(hw) not in checked for hw in job.check_sizes)
-    if check and (not par.get("passed") or unchecked):
+    if check and par.get("passed") and not unchecked:
+        from exporters import validate
+
+        job.step("parity sample of the cached file")
+        sample = validate.check_parity(job.onnx_path, job.model, job.parity_inputs()[:1], job.precision,
+                                       progress=job.step)
+        if not sample["passed"]:
+            job.step(f"cached export not reused: its parity sample failed ({'; '.join(sample['failures'])}); exporting again")
+            return None
+        old["reuse_check"] = {k: sample.get(k) for k in ("max_abs_err", "psnr_db", "seconds")}
+    elif check and (not par.get("passed") or unchecked):
         job.step("parity check of the existing file")
         job.gate(job.onnx_path, old)
         try:
@@ -471,6 +584,32 @@ def _reuse(job: _Job, check: bool) -> ExportResult | None:
         except (OSError, UserError):  # a read-only cache: the file passed; its sidecar keeps the old record
             old["parity_note"] = "gated now; the sidecar could not be updated (read-only folder)"
     return ExportResult(job.onnx_path, job.sidecar_path, old, reused=True)
+
+
+def _holds_model(job: _Job, side: dict) -> str | None:
+    """Why the cached file at ``job.onnx_path`` is not this model's export (None when it may be):
+    external data, another ``asapbench.weights_sha256`` in its metadata, or fewer of the model's weights
+    among its initialisers than the export carried (the sidecar's ``weights_in_graph``; none at all is
+    never enough). The exporter folds some weights into others (BatchNorm into convolutions: pix2pix-tiny
+    carries 15% verbatim, spade-tiny 63%, ASAP-Net 99%, pix2pixHD 100%), so the share is the model's own."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(job.onnx_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is exported again
+        return f"it does not load ({type(exc).__name__})"
+    ext = external_data(proto)
+    if ext:  # our exports are single files: external data anywhere means another file took its place
+        return external_data_problem(proto, job.onnx_path.parent) or f"tensor {ext[0][0]!r} has external data"
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("asapbench.weights_sha256") != job.weights:
+        return "its metadata names other weights"
+    share = weights_in_graph(proto, job.model)
+    recorded = side.get("weights_in_graph")
+    need = recorded if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) else 0.0
+    if share <= 0 or share < need - 1e-6:
+        return f"its initialisers carry {share:.1%} of the model's weights (exported: {need:.1%})"
+    return None
 
 
 def _trace_and_convert(job: _Job, opset: int) -> tuple[Any, dict[str, float], dict | None]:
@@ -519,6 +658,7 @@ def _sidecar(job: _Job, opset: int, io_sig: dict, digest: str, size: int, timing
         "onnx_bytes": size,
         **_checkpoint_info(checkpoint, job.seed),
         "weights_sha256": job.weights,
+        "weights_in_graph": None,  # share of the state dict carried verbatim (set before the file is saved)
         "weights_note": job.model.weights_note,
         "seed": job.seed,
         "versions": versions(),
@@ -544,12 +684,24 @@ def _check_and_publish(job: _Job, proto, opset: int, timings: dict[str, float], 
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     proto.doc_string = f"asapbench export of {job.stem}"
     io_sig = _io_signature(proto)
-    tmp = _save_tmp(proto, job.onnx_path.parent, job.onnx_path.name)
+    carried = round(weights_in_graph(proto, job.model), 6)
+    out = job.onnx_path.parent
+    needed = proto.ByteSize() + SIDECAR_BYTES  # the real size of the file, and its sidecar
+    free = free_bytes(out)
+    if free is not None and free < needed:
+        raise DiskFull(out, needed, job.what)
+    try:
+        tmp = _save_tmp(proto, out, job.onnx_path.name)
+    except (OSError, RuntimeError) as exc:
+        if is_out_of_space(exc, out, needed):
+            raise DiskFull(out, needed, job.what) from None
+        raise
     del proto
     try:
         job.step("onnx.checker")
         onnx.checker.check_model(str(tmp), full_check=True)
         sidecar = _sidecar(job, opset, io_sig, sha256_file(tmp), tmp.stat().st_size, timings, fp16_report, checkpoint)
+        sidecar["weights_in_graph"] = carried
         if check:
             job.step("parity check in onnxruntime")
             job.gate(tmp, sidecar)
@@ -560,7 +712,12 @@ def _check_and_publish(job: _Job, proto, opset: int, timings: dict[str, float], 
             tmp.unlink()
     if job.failed_path.exists():
         job.failed_path.unlink()
-    atomic_write_json(job.sidecar_path, sidecar)
+    try:
+        atomic_write_json(job.sidecar_path, sidecar)
+    except OSError as exc:  # the file is in place; without its sidecar it is exported again next time
+        if is_out_of_space(exc):
+            raise DiskFull(out, SIDECAR_BYTES, job.what) from None
+        raise
     return ExportResult(job.onnx_path, job.sidecar_path, sidecar, reused=False)
 
 

@@ -5,7 +5,6 @@ TensorRT) or ahead of time for target compute capabilities (TensorRT-RTX), throu
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import re
 import time
@@ -16,9 +15,11 @@ from typing import Any
 
 from asapbench.errors import UserError
 from asapbench.fsutil import (
+    DiskFull,
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
+    is_out_of_space,
     sha256_file,
 )
 from exporters import trt_flavours as F
@@ -60,13 +61,13 @@ class EngineResult:
 
 
 def _onnx_inputs(onnx_path: Path, onnx_sha: str) -> tuple[list[dict[str, Any]], dict | None]:
-    """Input names/shapes of the ONNX (from its asapbench sidecar when it matches, else the file)."""
-    side_path = onnx_path.with_suffix(".json")
-    try:
-        side = json.loads(side_path.read_text())
-    except (OSError, ValueError):
+    """Input names/shapes of the ONNX (from its asapbench sidecar when it is sound and matches, else the file)."""
+    from exporters.cache import onnx_sidecar_problem, read_json
+
+    side, why = read_json(onnx_path.with_suffix(".json"))
+    if why or onnx_sidecar_problem(side):
         side = None
-    if isinstance(side, dict) and side.get("onnx_sha256") == onnx_sha and "input" in side:
+    if side is not None and side["onnx_sha256"] == onnx_sha:
         return [side["input"]], side
     from exporters.onnx_export import verify_onnx_file
 
@@ -168,6 +169,7 @@ def build_engine(
     device_id: int = 0,
     flavour: str | Flavour = "auto",
     targets: Sequence[int] | str | None = None,
+    option: str | None = None,
 ) -> EngineResult:
     """Build (or reuse from the cache) a TensorRT engine for ``onnx_path``.
 
@@ -185,6 +187,8 @@ def build_engine(
         flavour: ``auto``, ``tensorrt`` or ``rtx`` (see :func:`exporters.trt_flavours.resolve_flavour`).
         targets: compute capabilities to build for, e.g. ``[86, 89, 120]`` or ``"86,89,120"``
             (TensorRT-RTX; default its portable set). Enterprise TensorRT builds for this GPU only.
+        option: the command-line option that names ``out_dir`` (``--out``, ``--cache-dir``), named by the
+            errors about it (an unwritable folder, a full disk: the engine's size is known then).
     """
     f = flavour if isinstance(flavour, Flavour) else resolve_flavour(flavour)
     ok, reason = build_status(f.name)
@@ -226,7 +230,8 @@ def build_engine(
             return EngineResult(engine_path, sidecar_path, side, reused=True)
     from asapbench.fsutil import ensure_writable_dir
 
-    ensure_writable_dir(out, "engine folder")
+    what = f"{option} folder" if option else "engine folder"
+    ensure_writable_dir(out, what)
     step(f"parsing the ONNX ({F.describe(f)})")
     logger = _make_logger(trt)
     builder = trt.Builder(logger)
@@ -245,7 +250,12 @@ def build_engine(
                         f"{errs[:300] or 'no error logged'}; {workspace_hint(errs, workspace_gb)}")
     layers = parse_layer_info("\n".join(logger.layer_info), net_types)
     nbytes = int(serialized.nbytes)
-    _write_buffer(engine_path, serialized)
+    try:
+        _write_buffer(engine_path, serialized)
+    except OSError as exc:
+        if is_out_of_space(exc):
+            raise DiskFull(out, nbytes + 2**20, what) from None  # the engine, and about 1 MiB for its sidecar
+        raise
     del serialized, parser
     if tc_path is not None:
         atomic_write_bytes(tc_path, bytes(config.get_timing_cache().serialize()))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,13 @@ def _dtypes(trt, dt):
 
 
 def read_sidecar(engine_path: str | Path) -> dict | None:
-    """The ``<engine>.json`` sidecar written by :func:`build_engine` (None when absent or unreadable)."""
+    """The ``<engine>.json`` sidecar written by :func:`build_engine` (None when absent, unreadable, not a
+    regular file, too large or of the wrong shape: :func:`exporters.cache.read_json`)."""
+    from exporters.cache import engine_sidecar_problem, read_json
+
     p = Path(engine_path)
-    try:
-        side = json.loads(p.with_name(p.name + ".json").read_text())
-    except (OSError, ValueError):
-        return None
-    return side if isinstance(side, dict) else None
+    side, why = read_json(p.with_name(p.name + ".json"))
+    return None if why or engine_sidecar_problem(side) else side
 
 
 def check_engine_file(engine_path: str | Path, flavour: str | Flavour = "auto", device_id: int = 0) -> tuple[Flavour, dict | None]:
@@ -56,6 +56,9 @@ def check_engine_file(engine_path: str | Path, flavour: str | Flavour = "auto", 
     if not path.is_file():
         raise UserError(f"engine file not found: {str(path)!r}; build it with `asapbench export --engine trt`")
     side = read_sidecar(path)
+    if side is None and os.path.lexists(path.with_name(path.name + ".json")):
+        raise UserError(f"engine {path.name}: its sidecar {path.name}.json is unreadable or malformed; "
+                        "rebuild the engine with `asapbench export --engine trt`")
     built = (side or {}).get("key") or {}
     choice = flavour.name if isinstance(flavour, Flavour) else (flavour or "auto")
     if built.get("flavour") and choice != "auto" and F.FLAVOURS.get(built["flavour"]) is not F.FLAVOURS.get(

@@ -284,10 +284,10 @@ def test_report_dir_reads_its_bench_csv(tmp_path):
 def test_cache_lists_and_clears(tmp_path):
     cache = tmp_path / "c"
     (cache / "onnx").mkdir(parents=True)
-    (cache / "onnx" / "m.onnx").write_bytes(b"x" * 2**20)
+    (cache / "onnx" / "m-p-32x64-fp32.onnx").write_bytes(b"x" * 2**20)  # named as asapbench names exports
     r = asapbench("cache", "--cache-dir", str(cache))
-    assert r.returncode == 0 and "onnx/m.onnx" in r.stdout and "1.0 MiB" in r.stdout and "total" in r.stdout
+    assert r.returncode == 0 and "onnx/m-p-32x64-fp32.onnx" in r.stdout and "1.0 MiB" in r.stdout and "total" in r.stdout
     r = asapbench("cache", "--cache-dir", str(cache), "--clear")  # stdin is not a terminal: asks for --yes
-    assert r.returncode == 2 and "--yes" in r.stderr and (cache / "onnx" / "m.onnx").exists()
+    assert r.returncode == 2 and "--yes" in r.stderr and (cache / "onnx" / "m-p-32x64-fp32.onnx").exists()
     r = asapbench("cache", "--cache-dir", str(cache), "--clear", "--yes")
     assert r.returncode == 0 and "deleted 1.0 MiB" in r.stdout and not (cache / "onnx").exists()

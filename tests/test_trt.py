@@ -42,7 +42,8 @@ def fake_engine(tmp_path: Path, key: dict, payload: bytes = b"engine-bytes") -> 
 
     e, s = engine_paths(tmp_path, "asapnet-cityscapes-256x512-fp16", key)
     e.write_bytes(payload)
-    s.write_text(json.dumps({"key": key, "engine_sha256": hashlib.sha256(payload).hexdigest()}))
+    s.write_text(json.dumps({"key": key, "engine_sha256": hashlib.sha256(payload).hexdigest(),
+                             "engine_bytes": len(payload), "build_seconds": 1.0}))
     return e, s
 
 

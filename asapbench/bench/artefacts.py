@@ -22,11 +22,14 @@ def trt_status() -> tuple[bool, str]:
 
 
 def export_for(cell: Cell):
-    """The cell's ONNX export (cached under ``cache_dir/onnx`` and gated against PyTorch)."""
+    """The cell's ONNX export (cached under ``cache_dir/onnx`` and gated against PyTorch; the cache folder
+    is marked as asapbench's, and export_onnx holds its lock while it writes)."""
+    from exporters.cache import write_marker
     from exporters.onnx_export import export_onnx
 
+    write_marker(cell.cache_dir)
     return export_onnx(
         cell.model, cell.height, cell.width, Path(cell.cache_dir) / "onnx", cell.precision,
         dynamic=False, batch=cell.batch, check=cell.export_check, seed=cell.seed, reuse=True,
-        checkpoint=cell.model.checkpoint_path, progress=cell.progress,
+        checkpoint=cell.model.checkpoint_path, progress=cell.progress, option="--cache-dir",
     )

@@ -26,8 +26,13 @@ class TensorRTRunner(Runner):
         # portable set (e.g. SM 7.5) would refuse one
         self.say("exporting")
         exported = export_for(self.cell)
-        self.engine = build_engine(exported.onnx_path, out_dir=Path(self.cell.cache_dir) / "engines",
-                                   progress=self.cell.progress, flavour=self.cell.trt, targets="current")
+        from exporters.cache import entry_lock
+
+        engines = Path(self.cell.cache_dir) / "engines"
+        with entry_lock(engines):  # the cache's shared lock: `cache --clear` cannot delete a build in progress
+            self.engine = build_engine(exported.onnx_path, out_dir=engines,
+                                       progress=self.cell.progress, flavour=self.cell.trt, targets="current",
+                                       option="--cache-dir")
 
     def open(self) -> None:
         from exporters.trt import TrtRunner

@@ -434,7 +434,9 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
 
                     if is_out_of_space(exc) or isinstance(exc, DiskFull):
                         _free_device()
-                        raise DiskFull(cfg.cache_dir, _export_bytes(plan, precision), "--cache-dir folder") from None
+                        # the export's own count (the real file size) when it ran out, else the estimate
+                        needed = getattr(exc, "needed", 0) or _export_bytes(plan, precision)
+                        raise DiskFull(cfg.cache_dir, needed, "--cache-dir folder") from None
                     _fail(row, exc)
                     if "not writable" in row.note and str(cfg.cache_dir) in row.note:
                         # the export/engine folder is the cache: name the option that moves it

@@ -43,9 +43,10 @@ def _onnx_files(paths: Sequence[str]) -> list[Path]:
 
 
 def _onnx_meta(path: Path) -> dict[str, Any]:
-    try:
-        side = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
+    from exporters.cache import onnx_sidecar_problem, read_json
+
+    side, why = read_json(path.with_suffix(".json"))
+    if why or onnx_sidecar_problem(side):
         side = {}
     res = side.get("resolution")
     par = side.get("parity")

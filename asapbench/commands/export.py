@@ -194,7 +194,7 @@ def export_models(
         for h, w in (rs[:1] if dynamic else rs):
             r = export_onnx(g, h, w, out_dir, precision=precision, dynamic=dynamic, batch=batch, opset=opset,
                             check=check, checkpoint=checkpoint, seed=seed, reuse=reuse, progress=progress,
-                            check_sizes=rs[1:] if dynamic else (), label_dir=parity_labels)
+                            check_sizes=rs[1:] if dynamic else (), label_dir=parity_labels, option="--out")
             rec = _onnx_record(r, format_resolution((h, w)), precision, dynamic)
             records.append(rec)
             log(_describe(rec))
@@ -203,7 +203,7 @@ def export_models(
 
                 shapes = {r.sidecar["input"]["name"]: dynamic_profile(g.label_input_nc if kind == "labels" else g.input_nc, rs, batch)} if dynamic else None
                 e = build_engine(r.onnx_path, out_dir, workspace_gb=workspace_gb, dynamic_shapes=shapes,
-                                 reuse=reuse, progress=progress, flavour=flavour, targets=trt_targets)
+                                 reuse=reuse, progress=progress, flavour=flavour, targets=trt_targets, option="--out")
                 erec = _engine_record(e, rec)
                 records.append(erec)
                 log(_describe(erec))

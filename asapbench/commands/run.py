@@ -494,6 +494,12 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
         if moved is not None:
             display.warn(f"moved the result files an older asapbench wrote directly into {out_dir} to {moved}")
 
+    from asapbench.bench.backends import BACKENDS
+    from exporters.cache import use_cache
+
+    exports = any("runner_torch" not in BACKENDS[b].runner for b in cfg.backends if b in BACKENDS)
+    # marks the cache and holds its shared lock: `cache --clear` refuses while this run uses it
+    cache_lock = use_cache(cfg.cache_dir) if exports or Path(cfg.cache_dir).is_dir() else None
     try:
         if lock.stale:
             display.warn(f"took over the lock of an earlier run that no longer exists (pid {lock.stale.get('pid')})")
@@ -551,6 +557,8 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
             _remove_if_empty(run_dir)
         if own_lock:
             lock.release()
+        if cache_lock is not None:
+            cache_lock.release()
     return rows
 
 
