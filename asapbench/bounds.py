@@ -48,6 +48,8 @@ RANGES: dict[str, Range] = {
     "--min-seconds": Range(0.0, _DAY, integer=False),
     "--budget": Range(0.0, 7 * _DAY, integer=False),  # 0: no budget
     "--gemm-size": Range(16, 16384),
+    # compare
+    "--fail-on-regression": Range(0.0, 1000.0, integer=False),  # percent
     # export / engines
     "--workspace-gb": Range(0.0, 1024.0, lo_open=True, integer=False),
     "--opset": Range(17, 28),  # the upper end is lowered to what the installed onnx defines
@@ -63,8 +65,10 @@ RANGES: dict[str, Range] = {
     "--lambda-feat": Range(0.0, 1e6, integer=False),
     "--lambda-vgg": Range(0.0, 1e6, integer=False),
     "--lambda-l1": Range(0.0, 1e6, integer=False),
-    "--lr-g": Range(0.0, 1.0, lo_open=True, integer=False),
-    "--lr-d": Range(0.0, 1.0, lo_open=True, integer=False),
+    # 0 freezes a network (a control run); a rate that makes training diverge is not refused here: training
+    # stops at the first non-finite loss (train.TrainingDiverged, exit 1) and keeps the last finite checkpoint
+    "--lr-g": Range(0.0, 1e12, integer=False),
+    "--lr-d": Range(0.0, 1e12, integer=False),
     "--decay-fraction": Range(0.0, 1.0, integer=False),
     "--ndf": Range(1, 1024),
     "--synthetic-size": Range(1, _COUNT),

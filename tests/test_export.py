@@ -84,7 +84,14 @@ def test_tiny_generator_exports_and_passes_parity(name, preset, precision, tmp_p
     assert par["passed"] and not par["degenerate"], par
     assert par["output_std"] > validate.MIN_OUTPUT_STD
     if precision == "fp32":
-        assert par["max_abs_err"] <= 1e-4
+        # the gate's own criterion, not a fixed distance from this CPU's PyTorch (whose rounding depends on
+        # the vendor's kernels: 1.19e-4 from PyTorch on an AVX2 EPYC, below 1e-4 on AVX-512 ones): within 1e-4
+        # of PyTorch fp32, or within 4x PyTorch fp32's own error against a float64 forward + 1e-4
+        from exporters.validate import drift_bound
+
+        if par["max_abs_err"] > 1e-4:
+            d = par["drift"]
+            assert d is not None and d["onnx_vs_float64"] <= drift_bound(d["torch_vs_float64"]), par
     else:
         assert par["psnr_db"] >= 40 and par["nonfinite"] == 0
 
@@ -123,7 +130,14 @@ def test_full_asapnet_cityscapes_exports_at_256x512(precision, tmp_path):
     par = r.parity
     assert par["passed"] and not par["degenerate"], par
     if precision == "fp32":
-        assert par["max_abs_err"] <= 1e-4
+        # the gate's own criterion, not a fixed distance from this CPU's PyTorch (whose rounding depends on
+        # the vendor's kernels: 1.19e-4 from PyTorch on an AVX2 EPYC, below 1e-4 on AVX-512 ones): within 1e-4
+        # of PyTorch fp32, or within 4x PyTorch fp32's own error against a float64 forward + 1e-4
+        from exporters.validate import drift_bound
+
+        if par["max_abs_err"] > 1e-4:
+            d = par["drift"]
+            assert d is not None and d["onnx_vs_float64"] <= drift_bound(d["torch_vs_float64"]), par
     else:
         assert par["psnr_db"] >= 40 and par["nonfinite"] == 0
         assert r.sidecar["fp16"]["kept_fp32"].get("InstanceNormalization") == 12

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
-from asapbench.errors import UserError
 
 
 class Regressed(Exception):
@@ -23,9 +20,9 @@ def compare_sets(a: str | Path, b: str | Path, metric: str = "device", fail_on_r
     """Compare result sets ``a`` and ``b`` (bench.csv files or run folders); write compare.md/csv into ``out``
     when given. Returns the :class:`asapbench.compare.Comparison`."""
     from asapbench import compare as C
+    from asapbench.bounds import check
 
-    if fail_on_regression is not None and (not math.isfinite(fail_on_regression) or not 0 <= fail_on_regression <= 1000):
-        raise UserError(f"--fail-on-regression {fail_on_regression!r}: give a percentage between 0 and 1000, e.g. 5")
+    check("--fail-on-regression", fail_on_regression)
     cmp = C.compare_paths(a, b, metric)
     if out is not None:
         C.write(cmp, out, fail_on_regression)
