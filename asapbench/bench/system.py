@@ -179,7 +179,7 @@ def snapshot(argv: list[str] | None = None) -> dict[str, Any]:
     smi = nvidia_smi()
     env["nvidia_smi"] = smi
     env["driver_version"] = smi[0]["driver_version"] if smi else None
-    for mod in ("numpy", "onnx", "onnxscript", "onnxruntime", "tensorrt"):
+    for mod in ("numpy", "onnx", "onnxscript", "onnxruntime", "tensorrt", "openvino"):
         env[f"{mod}_version"] = package_version(mod)
     from asapbench.versions import onnxruntime_conflict
 
