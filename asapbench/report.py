@@ -79,6 +79,10 @@ class BenchRow:
     status: str = "ok"
     note: str = ""
     cell_s: float | None = None  # wall seconds the whole cell took (build, export, warm-up, timing)
+    # achieved rate against the machine's GEMM peak in the backend's library at the row's precision (CPU rows)
+    gflops: float | None = None  # 2 x MACs x batch / ms_median
+    peak_gflops: float | None = None  # the peak measured at the start of the run (bench.json: environment.peaks)
+    peak_fraction: float | None = None  # gflops / peak_gflops
     # environment columns (the full snapshot is in bench.json)
     cpu_model: str = ""
     gpu_name: str = ""
@@ -378,12 +382,29 @@ def _env_lines(envs: Sequence[dict[str, Any]]) -> list[str]:
                 f"timed >= {loop.get('iters')} runs and >= {loop.get('min_seconds')} s; end-to-end "
                 f"{loop.get('e2e_warmup')} + {loop.get('e2e_iters')} runs; budget {loop.get('budget_s') or 'none'} s per cell"
             )
+        peaks = env.get("peaks")
+        if isinstance(peaks, dict) and peaks.get("backends"):
+            lines.append(_peak_line(peaks))
         for g in env.get("nvidia_smi") or []:
             lines.append(
                 f"  - nvidia-smi: {g.get('name')}, pstate {g.get('pstate')}, SM clock {g.get('clocks.sm')} "
                 f"(max {g.get('clocks.max.sm')}), memory clock {g.get('clocks.mem')}, power limit {g.get('power.limit')}"
             )
     return lines
+
+
+def _peak_line(peaks: dict[str, Any]) -> str:
+    """``  - GEMM peak ...``: each backend's fp32 and bf16 peak (GFLOP/s, or absent) and the CPU's ISA flags."""
+    def one(rec: Any) -> str:
+        if isinstance(rec, dict) and rec.get("gflops"):
+            return f"{rec['gflops']:.1f}"
+        return "absent"
+
+    parts = [f"{name} {one(recs.get('fp32'))} / {one(recs.get('bf16'))}" for name, recs in peaks["backends"].items()]
+    isa = (peaks.get("isa") or {}).get("flags") or []
+    n = peaks.get("n")
+    return (f"  - GEMM peak ({n}x{n}x{n}, {peaks.get('threads')} thread(s)), fp32 / bf16 GFLOP/s: {'; '.join(parts)}; "
+            f"CPU ISA: {', '.join(isa) or 'unknown'}")
 
 
 _ENV_COLUMNS = ["cpu_model", "gpu_name", "driver_version", "cuda_version", "torch_version", "onnxruntime_version",

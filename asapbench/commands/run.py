@@ -216,6 +216,10 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None)
 
         env["onnxruntime_providers"] = ort_providers()
     env["threads"] = cfg.threads or torch.get_num_threads()
+    if cfg.device == "cpu":  # the machine's fp32/bf16 GEMM peak in each backend's library, and the ISA flags
+        from asapbench.bench.profile import measure_peaks, peak_gemm_size
+
+        env["peaks"] = measure_peaks(cfg.backends, cfg.threads, peak_gemm_size())
     env["loop"] = {k: getattr(cfg, k) for k in ("warmup", "warmup_seconds", "iters", "min_seconds", "e2e_warmup",
                                                   "e2e_iters", "e2e_min_seconds", "budget_s", "batch", "seed")}
     if progress is None:
