@@ -155,3 +155,74 @@ def test_absent_openvino_is_an_unsupported_row_with_the_install_hint(tmp_path):
     rows = {row.backend: row for row in read_csv(tmp_path / "out" / "bench.csv")}
     assert rows["torch"].status == "ok"
     assert rows["openvino"].status == "unsupported" and "pip install 'asapbench[openvino]'" in rows["openvino"].note
+
+
+# --------------------------------------------------------------------------------------------
+# the machine's peak: fraction-of-peak arithmetic, bench.json / bench.md, profile JSON
+# --------------------------------------------------------------------------------------------
+def test_fraction_of_peak_arithmetic():
+    from asapbench.bench.profile import fraction_of_peak
+    from asapbench.bench.sweep import _peak_columns
+    from asapbench.report import BenchRow
+
+    assert fraction_of_peak(5e9, 0.25, 80.0) == pytest.approx((40.0, 0.5))  # 2 x 5e9 FLOP in 0.25 s = 40 GFLOP/s
+    assert fraction_of_peak(5e9, 0.25, None) == (pytest.approx(40.0), None)
+    assert fraction_of_peak(None, 0.25, 80.0) == (None, None) and fraction_of_peak(5e9, 0.0, 80.0) == (None, None)
+    # a row: MACs per image x batch at the median time per call, against its backend's peak at its precision
+    row = BenchRow(model="m", backend="torch-compile", precision="fp32", macs=3_000_000_000, batch=2, ms_median=100.0)
+    peaks = {"backends": {"torch-compile": {"fp32": {"gflops": 240.0}, "bf16": {"absent": "no bf16"}}}}
+    _peak_columns(row, peaks)
+    assert (row.gflops, row.peak_gflops, row.peak_fraction) == (pytest.approx(120.0), 240.0, pytest.approx(0.5))
+    row.precision = "bf16"
+    _peak_columns(row, peaks)
+    assert row.gflops == pytest.approx(120.0) and row.peak_gflops is None and row.peak_fraction is None
+
+
+def test_cpu_isa_reads_the_flags():
+    text = "processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512_bf16 amx_tile amx_bf16 sse4_2\n"
+    assert system.cpu_isa(text) == {"flags": ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"],
+                                    "source": "/proc/cpuinfo"}
+    assert system.cpu_isa("processor\t: 0\n") == {"flags": [], "source": None}
+
+
+def test_onnxruntime_has_no_bf16_peak(monkeypatch):
+    from asapbench.bench.profile import gemm_rate
+
+    monkeypatch.setattr(system, "cpu_bf16_support", lambda: (True, "forced"))
+    rec = gemm_rate("bf16", 64, backend="onnxruntime")
+    assert "gflops" not in rec and "bfloat16" in rec["absent"]
+
+
+def test_run_records_the_peaks_and_each_rows_fraction(tmp_path, cache, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ASAPBENCH_PEAK_GEMM", "256")
+    rows = run_benchmark(out=tmp_path / "out", cache_dir=cache, models=["asapnet-tiny"], res=[RES],
+                         backends=["torch", "openvino"], threads=1, **FAST)
+    env = json.loads((tmp_path / "out" / "bench.json").read_text())["environment"]
+    peaks = env["peaks"]
+    assert peaks["n"] == 256 and peaks["threads"] == 1 and peaks["isa"] == system.cpu_isa() == env["cpu_isa"]
+    has_bf16 = system.cpu_bf16_support()[0]
+    for b in ("torch", "openvino"):
+        rec = peaks["backends"][b]
+        assert rec["fp32"]["gflops"] > 0 and rec["fp32"]["n"] == 256
+        assert ("gflops" in rec["bf16"]) == has_bf16 and (has_bf16 or rec["bf16"]["absent"])
+    assert "OpenVINO" in peaks["backends"]["openvino"]["fp32"]["op"]
+    for r in rows:
+        assert r.status == "ok" and r.peak_gflops == peaks["backends"][r.backend]["fp32"]["gflops"]
+        assert r.gflops == pytest.approx(2 * r.macs / (r.ms_median / 1e3) / 1e9)
+        assert r.peak_fraction == pytest.approx(r.gflops / r.peak_gflops)
+    assert read_csv(tmp_path / "out" / "bench.csv") == rows
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "GEMM peak (256x256x256, 1 thread(s))" in md and f"torch {peaks['backends']['torch']['fp32']['gflops']:.1f} / " in md
+
+
+def test_profile_sets_stages_against_the_backends_own_peak(one_thread):
+    from asapbench.bench.profile import run_profile
+
+    r = run_profile("asapnet-tiny", "32x64", backend="onnxruntime", iters=1, warmup=0, gemm_size=128)
+    assert "onnxruntime MatMul" in r["gemm"]["op"] and "MLAS" in r["gemm"]["library"]
+    assert r["cpu_isa"] == system.cpu_isa()
+    for s in r["stages"]:
+        if s["gflops"]:
+            assert s["fraction_of_gemm"] == pytest.approx(s["gflops"] / r["gemm"]["gflops"])

@@ -5,8 +5,10 @@ pixelwise stream; pix2pixHD = front, residual blocks, back (+ input pyramid and 
 SPADE = head, SPADE blocks, out; pix2pix U-Net = down path, up path. Any other generator is one
 stage. For each stage the result gives its median time, its MACs (counted on the meta device as
 :mod:`asapbench.counting` does, so the pixelwise stream counts the reference formulation's MACs) and
-the achieved GFLOP/s beside the machine's GEMM rate for the precision (a ``torch.mm`` of
-``gemm_size``^3 in that precision, measured in the same run, before and after). Times are medians over the rounds;
+the achieved GFLOP/s beside the machine's GEMM peak for the precision in the backend's own library
+(:func:`gemm_rate`: ``torch.mm`` for torch, a one-MatMul ONNX model in onnxruntime (MLAS); ``gemm_size``^3 in that
+precision, measured in the same run, before and after); ``fraction_of_gemm`` is each stage's fraction of that
+peak (the table's "% of peak"), and the JSON records the CPU's ISA flags (``cpu_isa``). Times are medians over the rounds;
 the JSON also has each one's minimum (``min_ms``), the better estimate on a busy machine.
 
 - ``torch``: the stages run one after another as PyTorch calls timed with ``perf_counter``; every
@@ -706,16 +708,21 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         parity = None
         if precision != "fp32":
             m, x, parity = _cast_and_compare(m, x, precision, cast)
-        gemm = {precision: [gemm_rate(precision, gemm_size)]}
+        nthreads = threads or torch.get_num_threads()
+
+        def rate_(p: str) -> dict[str, Any]:  # the peak in the profiled backend's own library
+            return gemm_rate(p, gemm_size, backend=backend, threads=nthreads)
+
+        gemm = {precision: [rate_(precision)]}
         if backend == "torch":
             res_ = profile_torch(m, x, iters, warmup)
         else:
             res_ = profile_onnxruntime(m, x, iters, threads or torch.get_num_threads(), warmup)
-        gemm[precision].append(gemm_rate(precision, gemm_size))
+        gemm[precision].append(rate_(precision))
         # a mixed cast computes some stages in fp32: their GFLOP/s are set beside the fp32 GEMM rate
         for p in set(res_.get("stage_dtypes", {}).values()) - {precision, None}:
             if p in GEMM_DTYPES:
-                gemm[p] = [gemm_rate(p, gemm_size), gemm_rate(p, gemm_size)]
+                gemm[p] = [rate_(p), rate_(p)]
     finally:
         torch.set_num_threads(old_threads)
     rates = {p: statistics.median([g["gflops"] for g in runs]) for p, runs in gemm.items()}
@@ -725,13 +732,12 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
     for name, sec in res_["stages"].items():
         mac = macs.get(name)
         stage_prec = res_.get("stage_dtypes", {}).get(name) or precision
-        gf = 2 * mac / sec / 1e9 if mac and sec > 0 else None
-        r = rates.get(stage_prec, rate)
+        gf, frac = fraction_of_peak(mac, sec, rates.get(stage_prec, rate))
         rows.append({"stage": name, "ms": sec * 1e3, "min_ms": res_["stages_min"][name] * 1e3,
                      "share": sec / res_["whole_s"] if res_["whole_s"] else None, "precision": stage_prec,
-                     "macs": mac, "gflops": gf, "fraction_of_gemm": gf / r if gf else None})
+                     "macs": mac, "gflops": gf, "fraction_of_gemm": frac})
     stage_sum = sum(res_["stages"].values())
-    from asapbench.bench.system import cpu_model, git_sha
+    from asapbench.bench.system import cpu_isa, cpu_model, git_sha
 
     out = {
         "model": model,
@@ -745,8 +751,9 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         "threads": threads or old_threads,
         "iters": iters,
         "warmup": warmup,
-        "gemm": {"op": gemm[precision][0]["op"], "gflops": rate, "gflops_before": gemm[precision][0]["gflops"],
-                 "gflops_after": gemm[precision][1]["gflops"]},
+        "gemm": {"op": gemm[precision][0]["op"], "library": gemm[precision][0]["library"], "gflops": rate,
+                 "gflops_before": gemm[precision][0]["gflops"], "gflops_after": gemm[precision][1]["gflops"]},
+        "cpu_isa": cpu_isa(),
         "stages": rows,
         "stage_sum_ms": stage_sum * 1e3,
         "stage_sum_min_ms": sum(res_["stages_min"].values()) * 1e3,
@@ -842,10 +849,11 @@ def render_table(result: dict[str, Any]):
             caption += f"; fp32 stages beside the fp32 GEMM rate, {result['gemm_fp32']['gflops']:.1f} GFLOP/s"
     labels = "label-map input, " if result.get("input") == "labels" else ""
     t = Table(title=f"{result['model']} ({result['preset']}) {h}x{w} {result['backend']} {prec}, {labels}"
-                    f"{result['threads']} thread(s); GEMM ({prec}) {result['gemm']['gflops']:.1f} GFLOP/s", caption=caption)
+                    f"{result['threads']} thread(s); peak: {result['gemm'].get('library', 'torch.mm')} {prec} "
+                    f"{result['gemm']['gflops']:.1f} GFLOP/s", caption=caption)
     mixed = any(r.get("precision", prec) != prec for r in result["stages"])  # a mixed cast: say each stage's
-    cols = ("stage", "in", "ms", "% of model", "GMACs", "GFLOP/s", "% of GEMM") if mixed else \
-        ("stage", "ms", "% of model", "GMACs", "GFLOP/s", "% of GEMM")
+    cols = ("stage", "in", "ms", "% of model", "GMACs", "GFLOP/s", "% of peak") if mixed else \
+        ("stage", "ms", "% of model", "GMACs", "GFLOP/s", "% of peak")
     for col in cols:
         t.add_column(col, justify="left" if col in ("stage", "in") else "right")
 
