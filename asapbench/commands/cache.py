@@ -1,7 +1,7 @@
 """`asapbench cache`: what the ONNX/TensorRT cache holds, and clearing it.
 
-`asapbench run` and `asapbench export --engine trt` cache their ONNX exports (``onnx/``) and
-TensorRT engines (``engines/``) under ``--cache-dir`` (default ``$ASAPBENCH_CACHE`` or
+`asapbench run` and `asapbench export --engine trt` cache their ONNX exports (``onnx/``),
+TensorRT engines (``engines/``) and OpenVINO compiled models (``openvino/``) under ``--cache-dir`` (default ``$ASAPBENCH_CACHE`` or
 ``~/.cache/asapbench``): a default CPU sweep leaves about 1.4 GB there.
 """
 
@@ -33,7 +33,7 @@ def cache_listing(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def clear_cache(cache_dir: str | os.PathLike | None = None) -> int:
-    """Remove the cached exports and engines (the ``onnx/`` and ``engines/`` folders and loose files);
+    """Remove the cached exports, engines and compiled models (``onnx/``, ``engines/``, ``openvino/`` and loose files);
     returns the bytes freed. The folder itself stays."""
     listing = cache_listing(cache_dir)
     root = Path(listing["cache_dir"])
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     @app.command("cache")
     def cache_cmd(
         cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
-        clear: Annotated[bool, typer.Option("--clear", help="Delete every cached ONNX export and TensorRT engine (asks first).")] = False,
+        clear: Annotated[bool, typer.Option("--clear", help="Delete every cached ONNX export, TensorRT engine and OpenVINO compiled model (asks first).")] = False,
         yes: Annotated[bool, typer.Option("--yes", "-y", help="With --clear: do not ask.")] = False,
     ) -> None:
         """List the cached ONNX exports and TensorRT engines with their sizes; --clear deletes them."""
