@@ -384,7 +384,7 @@ def _env_lines(envs: Sequence[dict[str, Any]]) -> list[str]:
             )
         peaks = env.get("peaks")
         if isinstance(peaks, dict) and peaks.get("backends"):
-            lines.append(_peak_line(peaks))
+            lines.append(_peak_line(peaks, env.get("cpu_isa")))
         for g in env.get("nvidia_smi") or []:
             lines.append(
                 f"  - nvidia-smi: {g.get('name')}, pstate {g.get('pstate')}, SM clock {g.get('clocks.sm')} "
@@ -393,7 +393,7 @@ def _env_lines(envs: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _peak_line(peaks: dict[str, Any]) -> str:
+def _peak_line(peaks: dict[str, Any], isa: Any) -> str:
     """``  - GEMM peak ...``: each backend's fp32 and bf16 peak (GFLOP/s, or absent) and the CPU's ISA flags."""
     def one(rec: Any) -> str:
         if isinstance(rec, dict) and rec.get("gflops"):
@@ -401,10 +401,10 @@ def _peak_line(peaks: dict[str, Any]) -> str:
         return "absent"
 
     parts = [f"{name} {one(recs.get('fp32'))} / {one(recs.get('bf16'))}" for name, recs in peaks["backends"].items()]
-    isa = (peaks.get("isa") or {}).get("flags") or []
+    flags = (isa.get("flags") or []) if isinstance(isa, dict) else []
     n = peaks.get("n")
     return (f"  - GEMM peak ({n}x{n}x{n}, {peaks.get('threads')} thread(s)), fp32 / bf16 GFLOP/s: {'; '.join(parts)}; "
-            f"CPU ISA: {', '.join(isa) or 'unknown'}")
+            f"CPU ISA: {', '.join(flags) or 'unknown'}")
 
 
 _ENV_COLUMNS = ["cpu_model", "gpu_name", "driver_version", "cuda_version", "torch_version", "onnxruntime_version",

@@ -443,15 +443,13 @@ def peak_gemm_size() -> int:
 def measure_peaks(backends: list[str], threads: int | None = None, n: int = 2048,
                   precisions: tuple[str, ...] = PRECISIONS) -> dict[str, Any]:
     """The CPU's fp32 and bf16 GEMM peak in the library of every backend in ``backends`` (:func:`gemm_rate`, once
-    per library, each capped at :data:`GEMM_MAX_SECONDS` of timed runs), and the CPU's ISA flags: what
-    ``asapbench run`` records in its environment (``peaks``) and sets each row's GFLOP/s against. A backend that
+    per library, each capped at :data:`GEMM_MAX_SECONDS` of timed runs): what ``asapbench run`` records in its environment (``peaks``) and sets each row's GFLOP/s against. A backend that
     cannot run here, or a precision its library cannot compute natively, gets ``{"absent": reason}``; ``n`` 0
     measures nothing (every peak absent)."""
     from asapbench.bench import backends as B
-    from asapbench.bench.system import cpu_isa
 
     threads = threads or torch.get_num_threads()  # what the sweep gives every runner
-    out: dict[str, Any] = {"n": n, "threads": threads, "isa": cpu_isa(), "backends": {}}
+    out: dict[str, Any] = {"n": n, "threads": threads, "backends": {}}
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     measured: dict[str, dict[str, Any]] = {}
