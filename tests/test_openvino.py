@@ -227,3 +227,25 @@ def test_profile_sets_stages_against_the_backends_own_peak(one_thread):
     for s in r["stages"]:
         if s["gflops"]:
             assert s["fraction_of_gemm"] == pytest.approx(s["gflops"] / r["gemm"]["gflops"])
+
+
+def test_bad_peak_gemm_size_is_one_line(tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    env = {**__import__("os").environ, "ASAPBENCH_PEAK_GEMM": "big", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "asapbench", "run", "--models", "asapnet-tiny", "--res", "32x64",
+                        "--backends", "torch", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                       cwd=REPO, timeout=300, env=env)
+    assert_one_line_error(r, "ASAPBENCH_PEAK_GEMM='big'", "2048")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_peak_measurement_is_recorded_not_raised(monkeypatch):
+    from asapbench.bench import profile as P
+
+    def boom(*a, **k):
+        raise RuntimeError("no GEMM today\nsecond line")
+
+    monkeypatch.setattr(P, "gemm_rate", boom)
+    peaks = P.measure_peaks(["torch"], threads=1, n=64, precisions=("fp32",))
+    assert peaks["backends"]["torch"]["fp32"] == {"op": "GEMM fp32", "absent": "measurement failed: RuntimeError: no GEMM today"}

@@ -460,13 +460,21 @@ def measure_peaks(backends: list[str], threads: int | None = None, n: int = 2048
                 continue
             if lib not in measured:
                 why = f"not measured ({PEAK_GEMM_ENV}=0)" if n == 0 else B.unsupported_reason(lib, "cpu", "fp32")
-                measured[lib] = {p: {"absent": why} if why else gemm_rate(p, n, backend=lib, threads=threads,
-                                                                         max_seconds=GEMM_MAX_SECONDS)
-                                 for p in precisions}
+                measured[lib] = {p: {"absent": why} if why else _peak_or_why(p, n, lib, threads) for p in precisions}
             out["backends"][name] = measured[lib]
     finally:
         torch.set_num_threads(old)
     return out
+
+
+def _peak_or_why(precision: str, n: int, backend: str, threads: int) -> dict[str, Any]:
+    """:func:`gemm_rate` for ``run``'s environment; a measurement that fails is recorded as absent with the error
+    (the peak is context for the rows, never a reason to stop the run)."""
+    try:
+        return gemm_rate(precision, n, backend=backend, threads=threads, max_seconds=GEMM_MAX_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - recorded, not raised
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return {"op": f"GEMM {precision}", "absent": f"measurement failed: {type(exc).__name__}: {first}"}
 
 
 def fraction_of_peak(macs: float | None, seconds: float | None, peak_gflops: float | None) -> tuple[float | None, float | None]:
