@@ -216,7 +216,7 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None)
 
         env["onnxruntime_providers"] = ort_providers()
     env["threads"] = cfg.threads or torch.get_num_threads()
-    if cfg.device == "cpu":  # the machine's fp32/bf16 GEMM peak in each backend's library, and the ISA flags
+    if cfg.device == "cpu":  # the machine's fp32/bf16 GEMM peak in each backend's own library (docs/timing.md)
         from asapbench.bench.profile import measure_peaks, peak_gemm_size
 
         env["peaks"] = measure_peaks(cfg.backends, cfg.threads, peak_gemm_size())
