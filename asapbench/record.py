@@ -22,7 +22,7 @@ class BenchRow:
     preset: str = ""
     overrides: str = ""  # constructor overrides on top of the preset, e.g. "scale=64"
     checkpoint: str = ""
-    backend: str = ""  # torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt
+    backend: str = ""  # torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt, openvino
     provider: str = ""  # what actually ran: e.g. CUDAExecutionProvider, "cpu", "cuda"
     precision: str = "fp32"
     device: str = "cpu"
@@ -57,6 +57,10 @@ class BenchRow:
     status: str = "ok"
     note: str = ""
     cell_s: float | None = None  # wall seconds the whole cell took (build, export, warm-up, timing)
+    # achieved rate against the machine's GEMM peak in the backend's library at the row's precision (CPU rows)
+    gflops: float | None = None  # 2 x MACs x batch / ms_median
+    peak_gflops: float | None = None  # the peak measured at the start of the run (bench.json: environment.peaks)
+    peak_fraction: float | None = None  # gflops / peak_gflops
     # environment columns (the full snapshot is in bench.json)
     cpu_model: str = ""
     gpu_name: str = ""

@@ -357,12 +357,29 @@ def _env_lines(envs: Sequence[dict[str, Any]]) -> list[str]:
                 f"timed >= {loop.get('iters')} runs and >= {loop.get('min_seconds')} s; end-to-end "
                 f"{loop.get('e2e_warmup')} + {loop.get('e2e_iters')} runs; budget {loop.get('budget_s') or 'none'} s per cell"
             )
+        peaks = env.get("peaks")
+        if isinstance(peaks, dict) and peaks.get("backends"):
+            lines.append(_peak_line(peaks, env.get("cpu_isa")))
         for g in env.get("nvidia_smi") or []:
             lines.append(
                 f"  - nvidia-smi: {g.get('name')}, pstate {g.get('pstate')}, SM clock {g.get('clocks.sm')} "
                 f"(max {g.get('clocks.max.sm')}), memory clock {g.get('clocks.mem')}, power limit {g.get('power.limit')}"
             )
     return lines
+
+
+def _peak_line(peaks: dict[str, Any], isa: Any) -> str:
+    """``  - GEMM peak ...``: each backend's fp32 and bf16 peak (GFLOP/s, or absent) and the CPU's ISA flags."""
+    def one(rec: Any) -> str:
+        if isinstance(rec, dict) and rec.get("gflops"):
+            return f"{rec['gflops']:.1f}"
+        return "absent"
+
+    parts = [f"{name} {one(recs.get('fp32'))} / {one(recs.get('bf16'))}" for name, recs in peaks["backends"].items()]
+    flags = (isa.get("flags") or []) if isinstance(isa, dict) else []
+    n = peaks.get("n")
+    return (f"  - GEMM peak ({n}x{n}x{n}, {peaks.get('threads')} thread(s)), fp32 / bf16 GFLOP/s: {'; '.join(parts)}; "
+            f"CPU ISA: {', '.join(flags) or 'unknown'}")
 
 
 _ENV_COLUMNS = ["cpu_model", "gpu_name", "driver_version", "cuda_version", "torch_version", "onnxruntime_version",

@@ -23,6 +23,7 @@ DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_cu12", "tensorrt_cu13", "tensorrt-lean"),
     "tensorrt_rtx": ("tensorrt-rtx-cu12", "tensorrt-rtx-cu13", "tensorrt-rtx", "tensorrt_rtx"),
     "pycuda": ("pycuda",),
+    "openvino": ("openvino",),
     "cuda-python": ("cuda-python",),
 }
 

@@ -232,8 +232,8 @@ def engine_sidecar_problem(side: Any) -> str | None:
 # --------------------------------------------------------------------------------------------
 #: the file that marks a folder as an asapbench cache (written whenever asapbench uses a cache folder)
 MARKER = ".asapbench-cache"
-#: the cache's sub-folders: ONNX exports and TensorRT engines
-SUBFOLDERS = ("onnx", "engines")
+#: the cache's sub-folders: ONNX exports, TensorRT engines and OpenVINO compiled models
+SUBFOLDERS = ("onnx", "engines", "openvino")
 _STEM = r"[A-Za-z0-9][A-Za-z0-9_.+-]*-\d+x\d+-(?:fp32|fp16)(?:-labels)?(?:-b\d+)?(?:-dyn)?"
 _ENGINE = _STEM + r"\.[0-9a-f]{12}\.engine"
 #: names asapbench writes in each cache sub-folder (full match)
@@ -242,6 +242,9 @@ _OWN_NAMES = {
     "engines": re.compile(rf"{_ENGINE}(?:\.json)?|timing-trt[A-Za-z0-9.-]*\.cache"),
     "engines/runtime-cache": re.compile(rf"{_STEM}\.[0-9a-f]{{12}}\.[A-Za-z0-9.-]+\.rtcache"),
 }
+#: OpenVINO's compiled-model cache of one export (``openvino/<stem>.<sha12>/``, its CACHE_DIR): the blobs it writes
+_OPENVINO_DIR = re.compile(rf"openvino/{_STEM}\.[0-9a-f]{{12}}")
+_OPENVINO_BLOB = re.compile(r"[0-9]+\.blob")
 #: a temporary file of an atomic write (``.<final name>.<random>.tmp``) or a write test
 _TMP = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp|\.writetest-[A-Za-z0-9_]+")
 
@@ -251,7 +254,7 @@ def is_own_file(rel: str) -> bool:
     writes there: an export, an engine, their sidecars, a timing or runtime cache, or a temporary file
     of one of them."""
     folder, _, name = rel.rpartition("/")
-    pattern = _OWN_NAMES.get(folder)
+    pattern = _OPENVINO_BLOB if _OPENVINO_DIR.fullmatch(folder) else _OWN_NAMES.get(folder)
     if pattern is None:
         return False
     m = _TMP.fullmatch(name)
@@ -276,7 +279,7 @@ def scan_cache(root: str | Path) -> tuple[list[tuple[str, int]], list[tuple[str,
         keep = []
         for d in dirnames:
             rel = f"{rel_dir}/{d}" if rel_dir else d
-            if rel in _OWN_NAMES and not os.path.islink(os.path.join(dirpath, d)):
+            if (rel in _OWN_NAMES or rel == "openvino" or _OPENVINO_DIR.fullmatch(rel)) and not os.path.islink(os.path.join(dirpath, d)):
                 keep.append(d)
             else:  # a foreign folder (or a link to one) counts as one foreign entry, not entered
                 other.append((rel + "/", 0))

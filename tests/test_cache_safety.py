@@ -435,3 +435,22 @@ def test_an_engine_on_a_full_disk_names_the_folder_its_size_and_the_option(gated
     assert "no space left" in msg and str(disk) in msg and "--out" in msg and "--cache-dir" not in msg
     assert _needed_bytes(msg) > 64 * 2**10
     assert [p for p in disk.iterdir() if p.name.endswith(".engine") or p.name.endswith(".tmp")] == []
+
+
+def test_clear_deletes_openvino_compiled_models_and_their_folders(tmp_path):
+    """OpenVINO's compiled-model cache (openvino/<export stem>.<sha12>/<n>.blob) is asapbench's: cleared with
+    its folders; a foreign file beside it in openvino/ is refused like any other."""
+    root = tmp_path / "c"
+    d = root / "openvino" / "asapnet-tiny-tiny-64x128-fp32.0123456789ab"
+    d.mkdir(parents=True)
+    (d / "1209835518717418275.blob").write_bytes(b"x" * 100)
+    from exporters.cache import write_marker
+
+    write_marker(root)
+    r = asapbench("cache", "--clear", "--yes", "--cache-dir", str(root))
+    assert r.returncode == 0, r.stderr
+    assert not (root / "openvino").exists()
+    (root / "openvino").mkdir()
+    (root / "openvino" / "notes.txt").write_text("mine")
+    r = asapbench("cache", "--clear", "--yes", "--cache-dir", str(root))
+    assert (root / "openvino" / "notes.txt").read_text() == "mine"

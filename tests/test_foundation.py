@@ -191,7 +191,7 @@ def test_import_and_help_do_not_import_heavy_optional_packages():
     code = (
         "import sys, asapbench, asapbench.cli, asapbench.registry;"
         "from asapbench.cli import app;"
-        "heavy=[m for m in sys.modules if m.split('.')[0] in ('onnx','onnxruntime','tensorrt','pycuda','onnxscript')];"
+        "heavy=[m for m in sys.modules if m.split('.')[0] in ('onnx','onnxruntime','tensorrt','pycuda','onnxscript','openvino')];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -199,7 +199,7 @@ def test_import_and_help_do_not_import_heavy_optional_packages():
     code2 = (
         "import sys, runpy; sys.argv=['asapbench','--help'];\n"
         "try:\n  runpy.run_module('asapbench', run_name='__main__')\nexcept SystemExit: pass\n"
-        "heavy=[m for m in sys.modules if m.split('.')[0] in ('onnx','onnxruntime','tensorrt','pycuda')]\n"
+        "heavy=[m for m in sys.modules if m.split('.')[0] in ('onnx','onnxruntime','tensorrt','pycuda','openvino')]\n"
         "sys.stderr.write(repr(heavy)); sys.exit(1 if heavy else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code2], capture_output=True, text=True, cwd=REPO)

@@ -16,7 +16,7 @@ A backend, provider or precision the machine cannot run raises :class:`Unsupport
 reason; the sweep records it as a row with status ``unsupported``. Nothing falls back to the CPU
 silently: the onnxruntime providers actually loaded are checked against the one asked for.
 
-bf16 is timed on the CPU only, by torch and torch-compile, and only on a CPU with native bf16
+bf16 is timed on the CPU only, by torch, torch-compile and openvino, and only on a CPU with native bf16
 (AVX-512 BF16 or AMX: :func:`asapbench.bench.system.cpu_bf16_support`); its output must pass the
 fp16 parity criteria against the fp32 model first (:class:`GateFailed` otherwise: an ``error`` row).
 """
@@ -38,7 +38,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 _CPU_HALF = ("{precision} is timed on CUDA only (CPU half-precision kernels are not a deployment path for these "
              "models); use --precision fp32 on the CPU (or bf16 with --backends torch on a CPU with AVX-512 BF16 or AMX)")
-_CPU_BF16 = "bf16 on the CPU is timed by --backends torch and torch-compile only; {name} cannot time it"
+_CPU_BF16 = "bf16 on the CPU is timed by --backends torch, torch-compile and openvino only; {name} cannot time it"
 #: why onnxruntime times no bf16 on the CPU (checked with onnxruntime 1.32 and opset 22, where ONNX allows
 #: bfloat16 for these ops; tests/test_bf16_cpu.py re-checks the installed onnxruntime)
 _ORT_CPU_BF16 = ("onnxruntime's CPUExecutionProvider has no bfloat16 kernel for Conv, InstanceNormalization or "
@@ -172,6 +172,7 @@ _BOTH = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}
 _CUDA = {"cuda": ("fp32", "fp16")}
 #: torch: bf16 on the CPU as well (on CPUs with AVX-512 BF16 or AMX: system.cpu_bf16_support)
 _TORCH = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16")}
+_OPENVINO = {"cpu": ("fp32", "bf16")}
 
 #: the backend table, in the order rows are written
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
@@ -190,6 +191,9 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("tensorrt", "asapbench.bench.runner_trt:TensorRTRunner", ("cuda",), _CUDA,
             device_hint="TensorRT engines need --device cuda (a CUDA GPU)",
             description="TensorRT engine built from the ONNX export"),
+    Backend("openvino", "asapbench.bench.runner_openvino:OpenVINORunner", ("cpu",), _OPENVINO, in_default=False,
+            device_hint="OpenVINO is timed on the CPU only (--device cpu)",
+            description="OpenVINO (CPU) on the parity-gated ONNX export, precision pinned (INFERENCE_PRECISION_HINT)"),
 )}
 
 

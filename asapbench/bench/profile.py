@@ -5,8 +5,10 @@ pixelwise stream; pix2pixHD = front, residual blocks, back (+ input pyramid and 
 SPADE = head, SPADE blocks, out; pix2pix U-Net = down path, up path. Any other generator is one
 stage. For each stage the result gives its median time, its MACs (counted on the meta device as
 :mod:`asapbench.counting` does, so the pixelwise stream counts the reference formulation's MACs) and
-the achieved GFLOP/s beside the machine's GEMM rate for the precision (a ``torch.mm`` of
-``gemm_size``^3 in that precision, measured in the same run, before and after). Times are medians over the rounds;
+the achieved GFLOP/s beside the machine's GEMM peak for the precision in the backend's own library
+(:func:`gemm_rate`: ``torch.mm`` for torch, a one-MatMul ONNX model in onnxruntime (MLAS); ``gemm_size``^3 in that
+precision, measured in the same run, before and after); ``fraction_of_gemm`` is each stage's fraction of that
+peak (the table's "% of peak"), and the JSON records the CPU's ISA flags (``cpu_isa``). Times are medians over the rounds;
 the JSON also has each one's minimum (``min_ms``), the better estimate on a busy machine.
 
 - ``torch``: the stages run one after another as PyTorch calls timed with ``perf_counter``; every
@@ -85,19 +87,165 @@ def stage_macs(model: nn.Module, height: int, width: int, batch: int = 1) -> dic
     return out
 
 
-def gemm_rate(precision: str = "fp32", n: int = 2048, repeats: int = 3) -> dict[str, Any]:
-    """The machine's GEMM rate: median GFLOP/s of ``torch.mm`` on two ``n x n`` matrices of ``precision``."""
-    dtype = GEMM_DTYPES[precision]
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
+#: the library that computes a backend's GEMM (the peak its stages are set against)
+GEMM_LIBRARY = {"torch": "torch.mm (MKL/oneDNN)", "torch-compile": "torch.mm (MKL/oneDNN)",
+                "onnxruntime": "onnxruntime MatMul (MLAS)", "openvino": "OpenVINO MatMul (oneDNN)"}
+#: backends that share one library (and so one measured peak)
+GEMM_SAME_AS = {"torch-compile": "torch"}
+#: how long one peak measurement may time (after one untimed run): at least one timed run, at most ``repeats``
+GEMM_MAX_SECONDS = 0.6
+
+
+def gemm_rate(precision: str = "fp32", n: int = 2048, repeats: int = 3, backend: str = "torch",
+              threads: int | None = None, max_seconds: float | None = None) -> dict[str, Any]:
+    """The machine's GEMM rate in ``backend``'s own library: median GFLOP/s of an ``n x n`` by ``n x n`` product of
+    ``precision`` (``torch.mm`` for torch; a one-MatMul ONNX model with a constant ``n x n`` weight in onnxruntime,
+    run by the runner's session (:class:`exporters.ort.OrtRunner`), and in OpenVINO, compiled with the runner's
+    options (:func:`asapbench.bench.runner_openvino.compile_config`)). One untimed run, then ``repeats`` timed runs,
+    or fewer once ``max_seconds`` have been timed. Where the library cannot compute ``precision`` natively, a record
+    ``{"absent": reason}`` (no ``gflops``)."""
+    if precision == "bf16":
+        from asapbench.bench import system
+
+        ok, why = system.cpu_bf16_support()
+        if not ok:
+            return {"op": f"GEMM {precision}", "absent": why}
+    fn, op, close = _gemm_fn(GEMM_SAME_AS.get(backend, backend), precision, n, threads)
+    if fn is None:
+        return {"op": op, "absent": close}
+    try:
+        fn()
+        times: list[float] = []
+        while len(times) < repeats:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            if max_seconds is not None and sum(times) >= max_seconds:
+                break
+    finally:
+        if callable(close):
+            close()
     med = statistics.median(times)
-    return {"op": f"torch.mm {n}x{n} @ {n}x{n} {precision}", "n": n, "seconds": med, "gflops": 2 * n**3 / med / 1e9}
+    return {"op": op, "library": GEMM_LIBRARY.get(backend, backend), "n": n, "runs": len(times), "seconds": med,
+            "gflops": 2 * n**3 / med / 1e9}
+
+
+def _gemm_fn(backend: str, precision: str, n: int, threads: int | None):
+    """``(run, op, close)`` for one GEMM of ``precision`` in ``backend``'s library, or ``(None, op, why not)``."""
+    dims = f"{n}x{n} @ {n}x{n} {precision}"
+    if backend == "torch":
+        dtype = GEMM_DTYPES[precision]
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        return (lambda: torch.mm(a, b)), f"torch.mm {dims}", None
+    if backend not in ("onnxruntime", "openvino"):
+        return None, f"GEMM {dims}", f"no CPU GEMM peak for {backend}"
+    if backend == "onnxruntime" and precision != "fp32":
+        from asapbench.bench.backends import _ORT_CPU_BF16
+
+        return None, f"onnxruntime MatMul {dims}", _ORT_CPU_BF16
+    import numpy as np
+
+    tmp = tempfile.TemporaryDirectory(prefix="asapbench-gemm-")
+    path = _matmul_onnx(os.path.join(tmp.name, "matmul.onnx"), n)
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    if backend == "onnxruntime":
+        from exporters.ort import OrtRunner
+
+        sess = OrtRunner(path, provider="cpu", threads=threads)
+        sess.bind(a)
+
+        def close():
+            sess.close()
+            tmp.cleanup()
+
+        return sess.infer_bound, f"onnxruntime MatMul {dims}", close
+    from asapbench.bench.runner_openvino import OV_PRECISION, compile_onnx
+
+    compiled, eff = compile_onnx(path, precision, threads)
+    if eff != OV_PRECISION[precision]:
+        tmp.cleanup()
+        return None, f"OpenVINO MatMul {dims}", f"OpenVINO compiles {precision} to {eff} on this CPU"
+    req = compiled.create_infer_request()
+    req.infer({0: a})
+    return req.infer, f"OpenVINO MatMul {dims} (inference precision {eff})", tmp.cleanup
+
+
+def _matmul_onnx(path: str, n: int) -> str:
+    """A one-MatMul ONNX model ``Y = X @ W`` with ``X`` an ``n x n`` float input and ``W`` a constant ``n x n`` weight."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((n, n), dtype=np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "gemm",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [n, n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+#: environment variable: N of the N x N x N GEMM that ``asapbench run`` measures the peaks with (default 2048;
+#: 0 skips the measurement, e.g. in tests: the peaks are then recorded as absent)
+PEAK_GEMM_ENV = "ASAPBENCH_PEAK_GEMM"
+
+
+def peak_gemm_size() -> int:
+    """N of ``run``'s peak GEMM: ``$ASAPBENCH_PEAK_GEMM`` (UserError when not a whole number >= 0), else 2048."""
+    raw = os.environ.get(PEAK_GEMM_ENV, "").strip()
+    if not raw:
+        return 2048
+    if not raw.isdigit():
+        raise UserError(f"{PEAK_GEMM_ENV}={raw!r} is not a whole number; set it to the GEMM size (e.g. 2048) or 0 to "
+                        "skip the peak measurement")
+    return int(raw)
+
+
+def measure_peaks(backends: list[str], threads: int | None = None, n: int = 2048,
+                  precisions: tuple[str, ...] = PRECISIONS) -> dict[str, Any]:
+    """The CPU's fp32 and bf16 GEMM peak in the library of every backend in ``backends`` (:func:`gemm_rate`, once
+    per library, each capped at :data:`GEMM_MAX_SECONDS` of timed runs): what ``asapbench run`` records in its environment (``peaks``) and sets each row's GFLOP/s against. A backend that
+    cannot run here, or a precision its library cannot compute natively, gets ``{"absent": reason}``; ``n`` 0
+    measures nothing (every peak absent)."""
+    from asapbench.bench import backends as B
+
+    threads = threads or torch.get_num_threads()  # what the sweep gives every runner
+    out: dict[str, Any] = {"n": n, "threads": threads, "backends": {}}
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    measured: dict[str, dict[str, Any]] = {}
+    try:
+        for name in backends:
+            lib = GEMM_SAME_AS.get(name, name)
+            if lib not in GEMM_LIBRARY:  # a GPU backend: no CPU peak
+                continue
+            if lib not in measured:
+                why = f"not measured ({PEAK_GEMM_ENV}=0)" if n == 0 else B.unsupported_reason(lib, "cpu", "fp32")
+                measured[lib] = {p: {"absent": why} if why else _peak_or_why(p, n, lib, threads) for p in precisions}
+            out["backends"][name] = measured[lib]
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def _peak_or_why(precision: str, n: int, backend: str, threads: int) -> dict[str, Any]:
+    """:func:`gemm_rate` for ``run``'s environment; a measurement that fails is recorded as absent with the error
+    (the peak is context for the rows, never a reason to stop the run)."""
+    try:
+        return gemm_rate(precision, n, backend=backend, threads=threads, max_seconds=GEMM_MAX_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - recorded, not raised
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return {"op": f"GEMM {precision}", "absent": f"measurement failed: {type(exc).__name__}: {first}"}
+
+
+def fraction_of_peak(macs: float | None, seconds: float | None, peak_gflops: float | None) -> tuple[float | None, float | None]:
+    """``(achieved GFLOP/s, fraction of the peak)`` of ``macs`` multiply-adds (2 FLOPs each) done in ``seconds``;
+    None where a number is missing or not positive."""
+    if not macs or not seconds or seconds <= 0:
+        return None, None
+    gflops = 2 * macs / seconds / 1e9
+    return gflops, (gflops / peak_gflops if peak_gflops and peak_gflops > 0 else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,16 +464,21 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         parity = None
         if precision != "fp32":
             m, x, parity = _cast_and_compare(m, x, precision, cast)
-        gemm = {precision: [gemm_rate(precision, gemm_size)]}
+        nthreads = threads or torch.get_num_threads()
+
+        def rate_(p: str) -> dict[str, Any]:  # the peak in the profiled backend's own library
+            return gemm_rate(p, gemm_size, backend=backend, threads=nthreads)
+
+        gemm = {precision: [rate_(precision)]}
         if backend == "torch":
             res_ = profile_torch(m, x, iters, warmup)
         else:
             res_ = profile_onnxruntime(m, x, iters, threads or torch.get_num_threads(), warmup)
-        gemm[precision].append(gemm_rate(precision, gemm_size))
+        gemm[precision].append(rate_(precision))
         # a mixed cast computes some stages in fp32: their GFLOP/s are set beside the fp32 GEMM rate
         for p in set(res_.get("stage_dtypes", {}).values()) - {precision, None}:
             if p in GEMM_DTYPES:
-                gemm[p] = [gemm_rate(p, gemm_size), gemm_rate(p, gemm_size)]
+                gemm[p] = [rate_(p), rate_(p)]
     finally:
         torch.set_num_threads(old_threads)
     rates = {p: statistics.median([g["gflops"] for g in runs]) for p, runs in gemm.items()}
@@ -335,13 +488,12 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
     for name, sec in res_["stages"].items():
         mac = macs.get(name)
         stage_prec = res_.get("stage_dtypes", {}).get(name) or precision
-        gf = 2 * mac / sec / 1e9 if mac and sec > 0 else None
-        r = rates.get(stage_prec, rate)
+        gf, frac = fraction_of_peak(mac, sec, rates.get(stage_prec, rate))
         rows.append({"stage": name, "ms": sec * 1e3, "min_ms": res_["stages_min"][name] * 1e3,
                      "share": sec / res_["whole_s"] if res_["whole_s"] else None, "precision": stage_prec,
-                     "macs": mac, "gflops": gf, "fraction_of_gemm": gf / r if gf else None})
+                     "macs": mac, "gflops": gf, "fraction_of_gemm": frac})
     stage_sum = sum(res_["stages"].values())
-    from asapbench.bench.system import cpu_model, git_sha
+    from asapbench.bench.system import cpu_isa, cpu_model, git_sha
 
     out = {
         "model": model,
@@ -355,8 +507,9 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         "threads": threads or old_threads,
         "iters": iters,
         "warmup": warmup,
-        "gemm": {"op": gemm[precision][0]["op"], "gflops": rate, "gflops_before": gemm[precision][0]["gflops"],
-                 "gflops_after": gemm[precision][1]["gflops"]},
+        "gemm": {"op": gemm[precision][0]["op"], "library": gemm[precision][0]["library"], "gflops": rate,
+                 "gflops_before": gemm[precision][0]["gflops"], "gflops_after": gemm[precision][1]["gflops"]},
+        "cpu_isa": cpu_isa(),
         "stages": rows,
         "stage_sum_ms": stage_sum * 1e3,
         "stage_sum_min_ms": sum(res_["stages_min"].values()) * 1e3,
@@ -452,10 +605,11 @@ def render_table(result: dict[str, Any]):
             caption += f"; fp32 stages beside the fp32 GEMM rate, {result['gemm_fp32']['gflops']:.1f} GFLOP/s"
     labels = "label-map input, " if result.get("input") == "labels" else ""
     t = Table(title=f"{result['model']} ({result['preset']}) {h}x{w} {result['backend']} {prec}, {labels}"
-                    f"{result['threads']} thread(s); GEMM ({prec}) {result['gemm']['gflops']:.1f} GFLOP/s", caption=caption)
+                    f"{result['threads']} thread(s); peak: {result['gemm'].get('library', 'torch.mm')} {prec} "
+                    f"{result['gemm']['gflops']:.1f} GFLOP/s", caption=caption)
     mixed = any(r.get("precision", prec) != prec for r in result["stages"])  # a mixed cast: say each stage's
-    cols = ("stage", "in", "ms", "% of model", "GMACs", "GFLOP/s", "% of GEMM") if mixed else \
-        ("stage", "ms", "% of model", "GMACs", "GFLOP/s", "% of GEMM")
+    cols = ("stage", "in", "ms", "% of model", "GMACs", "GFLOP/s", "% of peak") if mixed else \
+        ("stage", "ms", "% of model", "GMACs", "GFLOP/s", "% of peak")
     for col in cols:
         t.add_column(col, justify="left" if col in ("stage", "in") else "right")
 

@@ -377,7 +377,8 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
     from asapbench.inputs import example_input
 
     phase = on_phase or (lambda s: None)
-    env_cols = _env_columns(env if env is not None else snapshot())
+    env = env if env is not None else snapshot()
+    env_cols = _env_columns(env)
     ckpts = checkpoint_models or {}
     if plans is None:
         plans = plan_models(cfg.models, cfg.resolutions, ckpts)
@@ -426,6 +427,7 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
                                   cache_dir=cfg.cache_dir, seed=cfg.seed, export_check=cfg.export_check, trt=cfg.trt,
                                   progress=lambda s, label=label: phase(f"{label}: {s}"))
                     measure_cell(row, cell, cfg, on_phase=cell.progress)
+                    _peak_columns(row, env.get("peaks"))
                     rates.add(key, row.gmacs * cfg.batch if row.gmacs else None, row.ms_min, plan_res(plan))
                 except KeyboardInterrupt:
                     raise
@@ -450,6 +452,17 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
                     yield SweepEvent("warning", text=(
                         f"{row.model} {row.res} {row.backend} {row.precision}: CoV {row.cov:.1%} > {COV_WARN:.0%}; "
                         "the machine was busy or clocks varied: rerun with more --iters/--min-seconds"))
+
+
+def _peak_columns(row: BenchRow, peaks: dict[str, Any] | None) -> None:
+    """The row's achieved GFLOP/s (its MACs at its median time) and its fraction of the GEMM peak measured in its
+    backend's library at its precision (``peaks``: :func:`asapbench.bench.profile.measure_peaks`)."""
+    from asapbench.bench.profile import fraction_of_peak
+
+    peak = (((peaks or {}).get("backends") or {}).get(row.backend) or {}).get(row.precision) or {}
+    row.peak_gflops = peak.get("gflops")
+    secs = row.ms_median / 1e3 if row.ms_median else None
+    row.gflops, row.peak_fraction = fraction_of_peak(row.macs * row.batch if row.macs else None, secs, row.peak_gflops)
 
 
 def plan_res(plan: ModelPlan) -> str:

@@ -93,6 +93,23 @@ def cpu_bf16_support(cpuinfo: str | None = None) -> tuple[bool, str]:
                    "flags and no torch.cpu capability check), so bf16 is not timed; use --precision fp32")
 
 
+#: CPU flags (as /proc/cpuinfo spells them) that decide the fp32/bf16 GEMM peak: AVX2/FMA, AVX-512, the bf16
+#: dot products (AVX-512 BF16) and the AMX tiles
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+             "amx_int8")
+
+
+def cpu_isa(cpuinfo: str | None = None) -> dict[str, Any]:
+    """Which of :data:`ISA_FLAGS` this CPU has (``flags``: those present, in that order), read from the first
+    ``flags`` line of /proc/cpuinfo (``cpuinfo``: its text, for tests); ``source`` None where there is none."""
+    text = _cpuinfo_text() if cpuinfo is None else cpuinfo
+    line = next((ln for ln in (text or "").splitlines() if ln.lower().startswith(("flags", "features"))), None)
+    if line is None:
+        return {"flags": [], "source": None}
+    have = set(line.split(":", 1)[-1].split())
+    return {"flags": [f for f in ISA_FLAGS if f in have], "source": "/proc/cpuinfo"}
+
+
 def _run(cmd: list[str], cwd: str | None = None, timeout: float = 10.0) -> str | None:
     try:
         out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -315,12 +332,13 @@ def snapshot(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_count": cpu_count(),
         "cpu_bf16": list(cpu_bf16_support()),
+        "cpu_isa": cpu_isa(),
     }
     env.update(torch_info())
     smi = nvidia_smi()
     env["nvidia_smi"] = smi
     env["driver_version"] = smi[0]["driver_version"] if smi else None
-    for mod in ("numpy", "onnx", "onnxscript", "onnxruntime", "tensorrt"):
+    for mod in ("numpy", "onnx", "onnxscript", "onnxruntime", "tensorrt", "openvino"):
         env[f"{mod}_version"] = package_version(mod)
     from asapbench.versions import onnxruntime_conflict
 

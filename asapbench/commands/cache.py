@@ -1,7 +1,7 @@
 """`asapbench cache`: what the ONNX/TensorRT cache holds, and clearing it.
 
 `asapbench run` and `asapbench export --engine trt` cache their ONNX exports (``onnx/``) and
-TensorRT engines (``engines/``) under ``--cache-dir`` (default ``$ASAPBENCH_CACHE`` or
+TensorRT engines (``engines/``) and OpenVINO compiled models (``openvino/``) under ``--cache-dir`` (default ``$ASAPBENCH_CACHE`` or
 ``~/.cache/asapbench``): a default CPU sweep leaves about 1.4 GB there. A cache folder holds the marker
 ``.asapbench-cache``; ``--clear`` deletes only the files asapbench wrote (by sub-folder and name
 pattern), takes the cache's lock so that no run is writing, and refuses a folder without the marker
@@ -45,7 +45,7 @@ def _refuse_foreign(listing: dict[str, Any]) -> None:
 
 
 def clear_cache(cache_dir: str | os.PathLike | None = None) -> int:
-    """Delete the files asapbench wrote in the cache (exports, engines, sidecars, timing and runtime caches,
+    """Delete the files asapbench wrote in the cache (exports, engines, OpenVINO compiled models, sidecars, timing and runtime caches,
     temporary files) and its emptied sub-folders; returns the bytes freed. Other files stay.
 
     Holds the cache's exclusive lock while it deletes: UserError naming the holder when a run or export is
@@ -78,7 +78,8 @@ def clear_cache(cache_dir: str | os.PathLike | None = None) -> int:
                 freed += f["bytes"]
             except FileNotFoundError:
                 pass
-        for sub in ("engines/runtime-cache", *SUBFOLDERS):
+        emptied = sorted({str(Path(f["path"]).parent) for f in listing["files"] if f["path"].startswith("openvino/")})
+        for sub in (*emptied, "engines/runtime-cache", *SUBFOLDERS):
             try:
                 (root / sub).rmdir()  # only when empty
             except OSError:
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
     @app.command("cache")
     def cache_cmd(
         cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", metavar="DIR", help="Cache folder (default $ASAPBENCH_CACHE or ~/.cache/asapbench).")] = None,
-        clear: Annotated[bool, typer.Option("--clear", metavar="", help="Delete the ONNX exports, TensorRT engines and other files asapbench wrote in the cache (asks first); other files stay. Refused while a run uses the cache, and for a folder without the .asapbench-cache marker that holds other files.")] = False,
+        clear: Annotated[bool, typer.Option("--clear", metavar="", help="Delete the ONNX exports, TensorRT engines, OpenVINO compiled models and other files asapbench wrote in the cache (asks first); other files stay. Refused while a run uses the cache, and for a folder without the .asapbench-cache marker that holds other files.")] = False,
         yes: Annotated[bool, typer.Option("--yes", "-y", metavar="", help="With --clear: do not ask.")] = False,
     ) -> None:
         """List the cached ONNX exports and TensorRT engines with their sizes; --clear deletes them."""

@@ -1,4 +1,4 @@
-"""`asapbench profile`: time per stage, MACs per stage and GFLOP/s beside the machine's GEMM rate.
+"""`asapbench profile`: time per stage, MACs per stage and GFLOP/s beside the machine's GEMM peak in the backend's library.
 
 The logic lives in :mod:`asapbench.bench.profile`; this is the Typer shell (rich table on stdout,
 ``--json PATH`` for the full result). onnxruntime is imported only when ``--backend onnxruntime``.
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int | None, typer.Option("--threads", metavar="N", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
         iters: Annotated[int, typer.Option("--iters", "-n", metavar="N", help="Timed rounds (medians are reported).")] = 3,
         warmup: Annotated[int, typer.Option("--warmup", metavar="N", help="Untimed rounds first.")] = 1,
-        gemm_size: Annotated[int, typer.Option("--gemm-size", metavar="N", help="N of the N x N x N torch.mm that measures the GEMM rate.")] = 2048,
+        gemm_size: Annotated[int, typer.Option("--gemm-size", metavar="N", help="N of the N x N x N GEMM that measures the peak, in the backend's own library (torch.mm; an onnxruntime MatMul).")] = 2048,
         seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed for weights and the synthetic label map.")] = 0,
         json_path: Annotated[Path | None, typer.Option("--json", metavar="FILE", help="Also write the full result as JSON to this file.")] = None,
     ) -> None:

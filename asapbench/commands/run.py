@@ -217,6 +217,10 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None,
 
         env["onnxruntime_providers"] = ort_providers()
     env["threads"] = cfg.threads or torch.get_num_threads()
+    if cfg.device == "cpu":  # the machine's fp32/bf16 GEMM peak in each backend's own library (docs/timing.md)
+        from asapbench.bench.profile import measure_peaks, peak_gemm_size
+
+        env["peaks"] = measure_peaks(cfg.backends, cfg.threads, peak_gemm_size())
     env["loop"] = {k: getattr(cfg, k) for k in ("warmup", "warmup_seconds", "iters", "min_seconds", "e2e_warmup",
                                                   "e2e_iters", "e2e_min_seconds", "budget_s", "batch", "seed")}
     if progress is None:
@@ -604,8 +608,8 @@ def register(app: typer.Typer) -> None:
     def run_cmd(
         models: Annotated[Optional[list[str]], typer.Option("--models", "-m", metavar="NAMES", help="Models, comma-separated or repeated (default: asapnet, pix2pixhd, spade; see `asapbench models --tiny`).")] = None,
         res: Annotated[Optional[list[str]], typer.Option("--res", "-r", metavar="RES", help="Resolution HxW or N (NxN); repeatable; 'paper' = 256x512, 512x512, 512x1024, 1024x1024, 1024x2048, 2048x2048 (default 256x512).")] = None,
-        backends: Annotated[Optional[list[str]], typer.Option("--backends", "-b", metavar="NAMES", help="torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt (default: every one available on the device).")] = None,
-        precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", metavar="NAMES", help="fp32, fp16 and/or bf16 (default: fp32 on the CPU, fp32 and fp16 on CUDA). fp16: CUDA only. bf16: CPU only, torch and torch-compile, on CPUs with AVX-512 BF16 or AMX (else an 'unsupported' row); each bf16 cell must first match fp32 torch (PSNR >= 40 dB, no NaN/Inf) or it is an 'error' row, not a time.")] = None,
+        backends: Annotated[Optional[list[str]], typer.Option("--backends", "-b", metavar="NAMES", help="torch, torch-compile, onnxruntime, onnxruntime-trt, tensorrt, openvino (default: every one available on the device but torch-compile and openvino).")] = None,
+        precision: Annotated[Optional[list[str]], typer.Option("--precision", "-p", metavar="NAMES", help="fp32, fp16 and/or bf16 (default: fp32 on the CPU, fp32,fp16 on CUDA). fp16: CUDA only. bf16: CPU only, torch, torch-compile and openvino, on CPUs with AVX-512 BF16 or AMX (else an 'unsupported' row); each bf16 cell must first match fp32 torch (PSNR >= 40 dB, no NaN/Inf) or it is an 'error' row, not a time.")] = None,
         device: Annotated[str, typer.Option("--device", "-d", metavar="NAME", help="auto, cpu or cuda.")] = "auto",
         batch: Annotated[int, typer.Option("--batch", metavar="N", help="Images per forward call.")] = 1,
         warmup: Annotated[Optional[int], typer.Option("--warmup", metavar="N", rich_help_panel="Timing loop", help="Warm-up runs, at least (default: 2 on CPU, 10 on CUDA).")] = None,
