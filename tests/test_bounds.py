@@ -109,6 +109,7 @@ BASE = {
               "--synthetic-size", "2", "--no-progress"],
     "info": ["--model", "asapnet-tiny", "--res", "32x64"],
     "engines": ["{tmp}/none.onnx", "--out", "{tmp}/o"],
+    "compare": ["{tmp}/a", "{tmp}/b", "--out", "{tmp}/o"],
 }
 
 
