@@ -157,8 +157,8 @@ def winograd_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
     :func:`winograd_conv3x3`: entry ``q*a + r`` is ``(G g G^T)[r, q]`` (row r, column q of the tile).
 
     Eager: computed in float64 and rounded once to the weight's dtype. While traced or exported the
-    same products on the weight itself (a constant subgraph of the initializer that exporters and
-    onnxruntime fold)."""
+    same product on the weight itself (a constant subgraph of the initializer, which the ONNX exporter's
+    optimizer folds: the file stores the transformed kernels)."""
     _, g, _ = winograd_matrices(m)
     a = m + 2
     cout, cin = weight.shape[:2]
