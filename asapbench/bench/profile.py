@@ -522,6 +522,7 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         "torch": torch.__version__,
         "git_sha": git_sha(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
         "pixelwise_impl": getattr(m, "pixelwise_impl", None),
+        "lowres_conv": getattr(m, "lowres_conv", None),  # whole_gflops counts direct-conv MACs either way
         "input": input,
     }
     if "fp32" in rates and precision != "fp32":

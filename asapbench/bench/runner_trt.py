@@ -25,7 +25,17 @@ class TensorRTRunner(Runner):
         # built for this machine's GPU: a timing run needs no portable engine, and an RTX card outside the
         # portable set (e.g. SM 7.5) would refuse one
         self.say("exporting")
-        exported = export_for(self.cell)
+        # ASAP-Net's Winograd low-res convs (lowres_conv) are a CPU form, measured with onnxruntime and torch on
+        # the CPU: TensorRT gets the plain convs, which it runs with its own (GPU) convolution kernels
+        model = self.cell.model
+        form = getattr(model, "lowres_conv", "direct")
+        if form != "direct":
+            model.lowres_conv = "direct"
+        try:
+            exported = export_for(self.cell)
+        finally:
+            if form != "direct":
+                model.lowres_conv = form
         from exporters.cache import entry_lock
 
         engines = Path(self.cell.cache_dir) / "engines"

@@ -20,6 +20,14 @@ Two interchangeable formulations of the pixelwise stream (``pixelwise_impl``), e
   only), with no chunk loop and no full-size transposes beyond the input (label channels) and the
   3-channel output.
 
+Two interchangeable forms of the low-res stream's seven 1024-wide 3x3 stride-1 convolutions (``lowres_conv``):
+``"winograd"`` (default), the Winograd F(2x2, 3x3) inference form (:func:`winograd_conv3x3`: 16 batched
+``[C_out x C_in] @ [C_in x tiles]`` products on tiles transformed with fixed small matrices, 2.25x fewer
+multiplications), used in inference (eager without autograd on the CPU, and in the ONNX export: plain
+``Slice``/``Pad``/``MatMul``/``Reshape``/``Transpose`` ops); ``"winograd4"``, F(4x4, 3x3) (4x fewer, larger
+rounding error); ``"direct"``, the plain ``Conv2d``. Training, autograd, meta tensors (MAC counting: the direct
+MACs are counted), reduced precision (bf16/fp16) and non-CPU tensors always take the direct conv.
+
 State-dict keys and shapes equal the official ``ASAPNetsGenerator`` (``lowres_stream.model.<i>``),
 so official checkpoints load by name.
 """
@@ -40,6 +48,10 @@ from asapbench.stages import StagePlan
 
 #: formulations of the pixelwise stream (see the module docstring)
 PIXELWISE_IMPLS = ("fast", "reference")
+#: forms of the low-res stream's 1024-wide 3x3 stride-1 convs: Winograd F(2x2,3x3), F(4x4,3x3), plain conv
+LOWRES_CONVS = ("winograd", "winograd4", "direct")
+#: output tile size m of F(m x m, 3x3) per form (0: the direct conv)
+WINOGRAD_TILE = {"winograd": 2, "winograd4": 4, "direct": 0}
 #: eager "fast" path: pixels per chunk of tiles (64-channel fp32 activations of 4096 pixels = 1 MiB)
 CHUNK_PIXELS = 4096
 
@@ -120,8 +132,87 @@ def mlp_param_count(channels: list[int]) -> int:
 # --------------------------------------------------------------------------------------------
 # Low-resolution stream
 # --------------------------------------------------------------------------------------------
+def winograd_matrices(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B^T, G, A^T) of Winograd F(m x m, 3x3) (Lavin & Gray 2015), float64 on the CPU, tile a = m + 2.
+
+    m = 2: interpolation points 0, 1, -1 (and infinity); m = 4: 0, 1, -1, 2, -2 (and infinity).
+    A 3x3 correlation of an a x a tile d is ``A^T [(G g G^T) * (B^T d B)] A`` (elementwise product in the middle).
+    """
+    if m == 2:
+        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+        g = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
+        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    elif m == 4:
+        bt = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+              [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+        g = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+             [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+    else:
+        raise ValueError(f"Winograd F(m x m, 3x3) is implemented for m = 2 and 4, got {m}")
+    return tuple(torch.tensor(v, dtype=torch.float64, device="cpu") for v in (bt, g, at))
+
+
+def winograd_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """The transformed 3x3 kernels ``[a*a, C_out, C_in]`` of ``weight [C_out, C_in, 3, 3]`` for
+    :func:`winograd_conv3x3`: entry ``q*a + r`` is ``(G g G^T)[r, q]`` (row r, column q of the tile).
+
+    Eager: computed in float64 and rounded once to the weight's dtype. While traced or exported the
+    same product on the weight itself (a constant subgraph of the initializer, which the ONNX exporter's
+    optimizer folds: the file stores the transformed kernels)."""
+    _, g, _ = winograd_matrices(m)
+    a = m + 2
+    cout, cin = weight.shape[:2]
+    if _graph_mode(weight):
+        g = g.to(device=weight.device, dtype=weight.dtype)
+        w = weight
+    else:
+        g = g.to(device=weight.device)
+        w = weight.detach().double()
+    # one product: kron(G, G)[q*a + r, x*3 + y] = G[q, x] G[r, y] times the kernels as columns (x*3 + y)
+    k = torch.kron(g, g)
+    u = torch.matmul(k, w.transpose(2, 3).reshape(cout * cin, 9).t())  # [a*a, C_out C_in]
+    return u.reshape(a * a, cout, cin).to(weight.dtype).contiguous()
+
+
+def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, m: int, padding: int = 0) -> torch.Tensor:
+    """``F.conv2d(x, w, padding=padding)`` of a 3x3 stride-1 kernel ``w`` without bias, computed with
+    Winograd F(m x m, 3x3) from ``u = winograd_weight(w, m)``.
+
+    ``x [N, C_in, H, W]`` is zero-padded by ``padding`` and, at the bottom/right, up to whole m x m output
+    tiles (any H, W); the overlapping a x a input tiles (a = m + 2, stride m) are cut with strided slices
+    and transformed by ``B^T . B`` as two small matrix products; then one batched product
+    ``[a*a, C_out, C_in] @ [a*a, C_in, tiles]`` (the multiplications: a*a/(9 m*m) of the direct conv's,
+    0.44 for m = 2), the output transform ``A^T . A`` and the crop to ``[N, C_out, H + 2p - 2, W + 2p - 2]``.
+    Channels-first throughout: with N = 1 no transpose of the input or of the products is copied.
+    """
+    bt, _, at = winograd_matrices(m)
+    bt, at = bt.to(device=x.device, dtype=x.dtype), at.to(device=x.device, dtype=x.dtype)
+    a = m + 2
+    n, c = x.shape[:2]
+    ho, wo = x.shape[2] + 2 * padding - 2, x.shape[3] + 2 * padding - 2
+    th, tw = (ho + m - 1) // m, (wo + m - 1) // m
+    x = F.pad(x, (padding, padding + m * tw - wo, padding, padding + m * th - ho))
+    xc = x.transpose(0, 1)  # [C, N, m th + 2, m tw + 2]
+    rows = torch.stack([xc[:, :, r : r + m * th : m] for r in range(a)])  # [a(r), C, N, th, W']
+    v = torch.matmul(bt, rows.reshape(a, -1)).reshape(rows.shape)  # B^T along the rows
+    cols = torch.stack([v[..., q : q + m * tw : m] for q in range(a)])  # [a(q), a(r), C, N, th, tw]
+    v = torch.matmul(bt, cols.reshape(a, -1)).reshape(a * a, c, n * th * tw)  # B along the columns
+    y = torch.bmm(u, v)  # [a*a, C_out, tiles]: the multiplications
+    co = u.shape[1]
+    y = torch.matmul(at, y.reshape(a, a, -1))  # A^T along the rows: [a(q), m(i), C_out * tiles]
+    y = torch.matmul(at, y.reshape(a, -1)).reshape(m, m, co, n, th, tw)  # A along the columns: [j, i, ...]
+    y = y.permute(3, 2, 4, 1, 5, 0).reshape(n, co, m * th, m * tw)
+    return y[:, :, :ho, :wo]
+
+
 class _Block(nn.Module):
-    """C{w}S1 block of the LR stream: (pad) conv3x3 + IN(affine) + ReLU, no residual."""
+    """C{w}S1 block of the LR stream: (pad) conv3x3 + IN(affine) + ReLU, no residual.
+
+    ``winograd_tile`` (m, set by the generator's ``lowres_conv``; 0: direct) selects the Winograd inference
+    form of the conv (:meth:`conv_forward`); its transformed weights are cached on the module, not in
+    the state dict, and recomputed whenever the weight changes (its version counter, storage, dtype or
+    device)."""
 
     def __init__(self, width: int, reflection_pad: bool):
         super().__init__()
@@ -130,9 +221,54 @@ class _Block(nn.Module):
             layers.append(nn.ReflectionPad2d(1))
         layers += [_conv_in(width, width, 1, reflection_pad), nn.ReLU()]
         self.conv_block = nn.Sequential(*layers)
+        self.winograd_tile = 0
+        self._winograd_cache: dict[int, tuple] = {}  # m -> (key, transformed weight)
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self.conv_block[-2][0]
+
+    def uses_winograd(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` takes the Winograd form for ``x``: inference (no autograd graph being
+        built) on CPU float32/float64, eager or traced/exported; never on meta tensors (MAC counting)."""
+        w = self.conv.weight
+        if not self.winograd_tile or x.is_meta or w.is_meta or x.device.type != "cpu":
+            return False
+        if x.dtype not in (torch.float32, torch.float64) or w.dtype != x.dtype:
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)) or _graph_mode(x)
+
+    def winograd_weight(self) -> torch.Tensor:
+        """The cached transformed weight (:func:`winograd_weight`), recomputed when the weight changed."""
+        w, m = self.conv.weight, self.winograd_tile
+        try:
+            version = w._version
+        except RuntimeError:  # an inference tensor (made under torch.inference_mode) has no version counter
+            version = None
+        key = (m, w.data_ptr(), version, w.dtype, w.device, tuple(w.shape))
+        hit = self._winograd_cache.get(m)
+        if version is not None and hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            u = winograd_weight(w, m)
+        self._winograd_cache = {m: (key, u)}  # one form at a time (the F(4x4) weights take 4x the conv's memory)
+        return u
+
+    def conv_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The 3x3 conv of the block (after the reflection pad, if any)."""
+        if not self.uses_winograd(x):
+            return self.conv(x)
+        conv = self.conv
+        u = winograd_weight(conv.weight, self.winograd_tile) if _graph_mode(x) else self.winograd_weight()
+        return winograd_conv3x3(x, u, self.winograd_tile, conv.padding[0])
 
     def forward(self, x):
-        return self.conv_block(x)
+        if not self.winograd_tile:
+            return self.conv_block(x)
+        *pad, conv_in, relu = self.conv_block
+        for layer in pad:
+            x = layer(x)
+        return relu(conv_in[1](self.conv_forward(x)))
 
 
 def _conv_in(cin: int, cout: int, stride: int, reflection_pad: bool) -> nn.Sequential:
@@ -188,6 +324,9 @@ class ASAPNetGenerator(Generator):
         contain_dontcare: one extra one-hot channel for a don't-care label.
         pixelwise_impl: ``"fast"`` (default) or ``"reference"``: how the pixelwise stream is computed
             (same parameters and state dict, outputs equal to ~1e-7); also settable as an attribute.
+        lowres_conv: ``"winograd"`` (default), ``"winograd4"`` or ``"direct"``: the inference form of the
+            low-res stream's seven 1024-wide 3x3 stride-1 convs (module docstring; same parameters and state
+            dict); also settable as an attribute.
     """
 
     def __init__(
@@ -206,6 +345,7 @@ class ASAPNetGenerator(Generator):
         output_nc: int = 3,
         contain_dontcare: bool = False,
         pixelwise_impl: str = "fast",
+        lowres_conv: str = "winograd",
     ):
         super().__init__()
         if pixelwise_impl not in PIXELWISE_IMPLS:
@@ -239,6 +379,32 @@ class ASAPNetGenerator(Generator):
         # Fixed tables that depend only on the configuration (not on the batch): never in the state dict.
         self.register_buffer("pos_table", positional_table(scale), persistent=False)
         self.register_buffer("tent", tent_kernel(self.pre_factor) if self.pre_factor > 1 else torch.zeros(0, device="cpu"), persistent=False)
+        self.lowres_conv = lowres_conv
+
+    @property
+    def lowres_conv(self) -> str:
+        """The form of the low-res stream's 1024-wide 3x3 stride-1 convs (:data:`LOWRES_CONVS`)."""
+        return self._lowres_conv
+
+    @lowres_conv.setter
+    def lowres_conv(self, value: str) -> None:
+        if value not in LOWRES_CONVS:
+            raise ValueError(f"lowres_conv must be one of {', '.join(LOWRES_CONVS)}, got {value!r}")
+        self._lowres_conv = value
+        for blk in self.lowres_stream.modules():
+            if isinstance(blk, _Block):
+                blk.winograd_tile = WINOGRAD_TILE[value]
+
+    def prepare_for_inference(self) -> ASAPNetGenerator:
+        """Eval mode, and the Winograd-transformed weights of the low-res blocks computed now (CPU fp32/fp64
+        weights; later weight changes are picked up at the next forward)."""
+        self.eval()
+        for blk in self.lowres_stream.modules():
+            if isinstance(blk, _Block) and blk.winograd_tile:
+                w = blk.conv.weight
+                if w.device.type == "cpu" and not w.is_meta and w.dtype in (torch.float32, torch.float64):
+                    blk.winograd_weight()
+        return self
 
     def mixed_precision_variant(self, dtype: torch.dtype) -> tuple[str, ASAPNetGenerator]:
         """A copy whose pixelwise stream runs in ``dtype`` (bf16) while the low-res stream keeps fp32.
@@ -256,7 +422,10 @@ class ASAPNetGenerator(Generator):
 
     # geometry -----------------------------------------------------------------------------
     def graph_variant_parts(self) -> list[str]:
-        return [f"pixelwise={self.pixelwise_impl}"]
+        parts = [f"pixelwise={self.pixelwise_impl}"]
+        if self.lowres_conv != "direct":  # direct: the graph (and cache keys) of before the Winograd form
+            parts.append(f"lowres={self.lowres_conv}")
+        return parts
 
     def check_input_size(self, height: int, width: int) -> None:
         """H and W must be multiples of the tile size S, with at least two tiles (one tile leaves the
