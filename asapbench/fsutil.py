@@ -309,7 +309,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "", m
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise bad("is not a regular file")
+            raise bad("is not a regular file", "not a regular file")
         if st.st_size > max_bytes:
             raise bad(f"is {format_bytes(st.st_size)}, more than the {format_bytes(max_bytes)} such a file may hold")
         chunks, n = [], 0

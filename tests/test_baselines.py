@@ -411,8 +411,13 @@ def test_spade_tiny_upsampling_modes_match_reference(mode, res):
     model, x = prepared("spade-tiny", res=res, seed=5, num_upsampling_layers=mode)
     with torch.no_grad():
         y = model(x)
+        # compared in float64: the fp32 module and the fp32 reference reach 1.3e-5 apart through different
+        # kernels on some CPUs (an AVX2 EPYC; below TOL on AVX-512 ones); in float64 they agree to ~1e-14
+        m64 = model.double()
+        sd64 = {k: v.double() if v.is_floating_point() else v for k, v in m64.state_dict().items()}
+        err64 = (m64(x.double()) - reference("spade-tiny", m64, sd64, x.double())).abs().max()
     assert y.shape[2:] == x.shape[2:]
-    assert (y - reference("spade-tiny", model, model.state_dict(), x)).abs().max() < TOL
+    assert err64 < 1e-10
     if mode == "most":
         assert "up_4.conv_s.weight_orig" in model.state_dict()
 

@@ -396,7 +396,7 @@ def test_cli_checkpoints_export_and_misfits_are_refused(tmp_path):
 
     other = save_generator(asapbench.create_generator("asapnet-tiny", "tiny-facades"), tmp_path / "facades.pth")
     assert_one_line_error(cli("--model", "asapnet-tiny", "--preset", "tiny", "--checkpoint", str(other), "--res", "32x64",
-                              "--out", str(out)), "does not fit")
+                              "--out", str(out)), "holds a generator of asapnet-tiny:tiny-facades", "not of asapnet-tiny:tiny")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert_one_line_error(cli("--model", "asapnet-tiny", "--checkpoint", str(junk), "--res", "32x64", "--out", str(out)),

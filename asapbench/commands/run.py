@@ -499,11 +499,13 @@ def render_sweep(cfg, out_dir: str | os.PathLike, env: dict[str, Any] | None = N
             display.warn(f"moved the result files an older asapbench wrote directly into {out_dir} to {moved}")
 
     from asapbench.bench.backends import BACKENDS
-    from exporters.cache import use_cache
 
-    exports = any("runner_torch" not in BACKENDS[b].runner for b in cfg.backends if b in BACKENDS)
-    # marks the cache and holds its shared lock: `cache --clear` refuses while this run uses it
-    cache_lock = use_cache(cfg.cache_dir) if exports or Path(cfg.cache_dir).is_dir() else None
+    cache_lock = None
+    if any("runner_torch" not in BACKENDS[b].runner for b in cfg.backends if b in BACKENDS):
+        from exporters.cache import use_cache  # a torch-only sweep neither needs exporters/ nor touches the cache
+
+        # marks the cache and holds its shared lock: `cache --clear` refuses while this run uses it
+        cache_lock = use_cache(cfg.cache_dir)
     try:
         if lock.stale:
             display.warn(f"took over the lock of an earlier run that no longer exists (pid {lock.stale.get('pid')})")
