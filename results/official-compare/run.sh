@@ -12,9 +12,9 @@ set -eu
 OFFICIAL=${1:-${ASAPBENCH_OFFICIAL:-../ASAPNet}}
 # the targets: cityscapes 256x512 and facades1024 1024x1024, 9 alternated rounds of 1 warm-up + 3 timed runs
 python scripts/compare_official.py --official "$OFFICIAL" --presets cityscapes,facades1024 --rounds 9 --iters 3 \
-    --warmup 1 --threads 2 --out results/official-compare
+    --warmup 1 --threads 2 --backends torch,onnxruntime,openvino --out results/official-compare
 # the other official Facades sizes, fewer rounds (facades2048: the official module takes several seconds a run)
 python scripts/compare_official.py --official "$OFFICIAL" --presets facades512 --rounds 5 --iters 3 --warmup 1 \
-    --threads 2 --out results/official-compare/facades512
+    --threads 2 --backends torch,onnxruntime,openvino --out results/official-compare/facades512
 python scripts/compare_official.py --official "$OFFICIAL" --presets facades2048 --rounds 3 --iters 2 --warmup 1 \
-    --threads 2 --out results/official-compare/facades2048
+    --threads 2 --backends torch,onnxruntime,openvino --out results/official-compare/facades2048
