@@ -242,7 +242,9 @@ def test_kill9_then_resume_loses_at_most_one_interval(tmp_path):
             proc.kill()
     logged = max(r["step"] for r in read_losses(out))
     state = torch.load(out / STATE_FILE, weights_only=True)
-    assert state["step"] % 4 == 0 and logged - state["step"] < 4  # at most one interval lost
+    # at most one interval lost: a kill during the checkpoint at step k (its loss row already logged, the state
+    # still at k - 4) loses steps k-3..k, exactly one interval
+    assert state["step"] % 4 == 0 and logged - state["step"] <= 4
     sd = torch.load(out / GEN_FILE, weights_only=True)
     assert set(sd) == set(state["G"])
     total = state["step"] + 3
