@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from asapbench.errors import UserError
+from asapbench.report import CELL_KEY_ANY_MACHINE
 
-#: what identifies a cell across two result sets (report._CELL_KEY less the machine)
-CELL_KEY = ("model", "preset", "overrides", "checkpoint", "backend", "input", "precision", "device", "cuda_graph",
-            "height", "width", "batch")
 #: the timing column compared, per --metric
 METRICS = {"device": ("ms_median", "cov"), "e2e": ("e2e_ms_median", None)}
 #: a change counts when it exceeds this many standard deviations of the ratio's logarithm
@@ -105,7 +103,7 @@ def _cells(rows: Sequence[Any]) -> dict[tuple, Any]:
     """The last row of each cell (a result set that merged reruns: the later one counts, as in the reports)."""
     out: dict[tuple, Any] = {}
     for r in rows:
-        key = tuple(getattr(r, k) for k in CELL_KEY)
+        key = tuple(getattr(r, k) for k in CELL_KEY_ANY_MACHINE)
         out.pop(key, None)
         out[key] = r
     return out

@@ -229,8 +229,10 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
 # grouping shared by markdown and plot
 # --------------------------------------------------------------------------------------------
 #: two rows with the same values here are the same cell measured twice (merged CSVs): the last one counts
-_CELL_KEY = ["model", "preset", "overrides", "checkpoint", "backend", "input", "precision", "device", "cuda_graph",
-             "height", "width", "batch", "machine"]
+#: what identifies a cell whatever machine measured it (``asapbench compare`` matches cells across machines)
+CELL_KEY_ANY_MACHINE = ("model", "preset", "overrides", "checkpoint", "backend", "input", "precision", "device",
+                        "cuda_graph", "height", "width", "batch")
+_CELL_KEY = [*CELL_KEY_ANY_MACHINE, "machine"]
 #: the columns that name one line of a table: model, backend (+graph), precision, where it ran
 _GROUP = ["model", "label", "precision", "where"]
 
