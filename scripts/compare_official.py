@@ -78,7 +78,9 @@ DATASET_OPTIONS = {
 }
 #: max |official - asapbench| allowed on the same weights and input (asapbench's fp32 export tolerance)
 MAX_ABS_DIFF = 1e-4
-COLUMNS = ("preset", "resolution", "backend", "precision", "status", "official_median_ms", "official_min_ms",
+#: asapbench's default low-res conv form (rows of other forms name theirs)
+DEFAULT_FORM = "winograd"
+COLUMNS = ("preset", "resolution", "backend", "precision", "lowres_conv", "status", "official_median_ms", "official_min_ms",
            "official_cov", "asapbench_median_ms", "asapbench_min_ms", "asapbench_cov", "ratio_median", "ratio_min",
            "round_ratio_min", "round_ratio_max", "rounds", "iters", "threads", "max_abs_diff", "note")
 _ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -234,9 +236,27 @@ class Prepared:
     official: Any
     ours: Any
     x: Any
-    max_abs_diff: float
-    sides: list  # (backend, precision, runner)
+    max_abs_diff: float  # of the first form
+    sides: list  # Side
     skipped: list  # (backend, precision, reason)
+
+
+@dataclass
+class Side:
+    """One asapbench configuration timed against the official module: a backend x precision on one low-res conv
+    form, with the max |diff| of that form's eager output from the official one."""
+
+    backend: str
+    precision: str
+    runner: Any
+    lowres_conv: str = DEFAULT_FORM
+    max_abs_diff: float | None = None
+
+    @property
+    def label(self) -> str:
+        """Its name in the rounds (and ``times_ms``): ``backend precision``, plus the form when not the default."""
+        base = f"{self.backend} {self.precision}"
+        return base if self.lowres_conv == DEFAULT_FORM else f"{base} {self.lowres_conv}"
 
 
 def cpu_backends(names: list[str] | None) -> list[tuple[str, str]]:
@@ -273,8 +293,11 @@ def fp32_agreement(official: Any, x: Any, official_out: Any, ours_out: Any) -> t
 
 
 def prepare(root: Path, official_cls: type, preset: str, pairs: list[tuple[str, str]], threads: int, cache_dir: Path,
-            seed: int, say) -> Prepared:
-    """Build both generators for ``preset``, check that they agree, and open every asapbench runner."""
+            seed: int, say, forms: tuple[str, ...] = (DEFAULT_FORM,)) -> Prepared:
+    """Build both generators for ``preset``, check that they agree (per low-res conv form in ``forms``), and open
+    every asapbench runner (each backend x precision on each form)."""
+    import copy
+
     import torch
 
     from asapbench.bench import backends as B
@@ -297,35 +320,42 @@ def prepare(root: Path, official_cls: type, preset: str, pairs: list[tuple[str, 
     official.load_state_dict(ours.state_dict(), strict=True)
     official.eval()
     x = example_input(ours, 1, h, w, seed=seed)
-    say(f"{preset}: checking the outputs agree")
     with torch.inference_mode():
         a = official(x)[0]
-        b = ours(x)
-    diff = float((a - b).abs().max())
-    if not diff <= MAX_ABS_DIFF:
-        ok, why = fp32_agreement(official, x, a, b)
-        if not ok:
-            raise Disagreement(f"{preset}: the official and asapbench outputs differ by max |diff| {diff:.3g} > "
-                               f"{MAX_ABS_DIFF:g} on the same weights and input, and {why}; not timed")
-        say(f"{preset}: max |diff| {diff:.3g} > {MAX_ABS_DIFF:g}, but {why}")
-    sides, skipped = [], []
-    for backend, prec in pairs:
-        reason = B.unsupported_reason(backend, "cpu", prec)
-        if reason:
-            skipped.append((backend, prec, reason))
-            continue
-        cell = B.Cell(model=ours, x=x, height=h, width=w, batch=1, backend=backend, precision=prec, device="cpu",
-                      threads=threads, cache_dir=cache_dir, seed=seed,
-                      progress=lambda s, b=backend, q=prec: say(f"{preset}: {b} {q}: {s}"))
-        try:
-            runner = B.make_runner(cell)
-            runner.prepare()
-            runner.open()
-        except (B.Unsupported, B.GateFailed) as exc:
-            skipped.append((backend, prec, str(exc)))
-            continue
-        sides.append((backend, prec, runner))
-    return Prepared(preset, h, w, official, ours, x, diff, sides, skipped)
+    sides, skipped, diffs = [], [], []
+    for form in forms:
+        model = ours if form == ours.lowres_conv else copy.deepcopy(ours)
+        model.lowres_conv = form  # an inference form of the same weights
+        say(f"{preset}: checking the outputs agree ({form} low-res convs)")
+        with torch.inference_mode():
+            b = model(x)
+        diff = float((a - b).abs().max())
+        diffs.append(diff)
+        if not diff <= MAX_ABS_DIFF:
+            ok, why = fp32_agreement(official, x, a, b)
+            if not ok:
+                raise Disagreement(f"{preset}: the official and asapbench ({form} low-res convs) outputs differ by max "
+                                   f"|diff| {diff:.3g} > {MAX_ABS_DIFF:g} on the same weights and input, and {why}; "
+                                   "not timed")
+            say(f"{preset}: {form}: max |diff| {diff:.3g} > {MAX_ABS_DIFF:g}, but {why}")
+        for backend, prec in pairs:
+            reason = B.unsupported_reason(backend, "cpu", prec)
+            if reason:
+                skipped.append((backend, prec, reason))
+                continue
+            cell = B.Cell(model=model, x=x, height=h, width=w, batch=1, backend=backend, precision=prec, device="cpu",
+                          threads=threads, cache_dir=cache_dir, seed=seed,
+                          progress=lambda s, b=backend, q=prec, f=form: say(f"{preset}: {b} {q} {f}: {s}"))
+            try:
+                runner = B.make_runner(cell)
+                runner.prepare()
+                runner.open()
+            except (B.Unsupported, B.GateFailed) as exc:
+                skipped.append((backend, prec, str(exc)))
+                continue
+            sides.append(Side(backend, prec, runner, form, diff))
+    skipped = list(dict.fromkeys(skipped))  # a backend this CPU cannot run is named once, not once per form
+    return Prepared(preset, h, w, official, ours, x, diffs[0], sides, skipped)
 
 
 def time_preset(prep: Prepared, rounds: int, warmup: int, iters: int, on_run=None) -> dict[str, list[list[float]]]:
@@ -340,7 +370,7 @@ def time_preset(prep: Prepared, rounds: int, warmup: int, iters: int, on_run=Non
         with torch.inference_mode():
             official(x)
 
-    sides = [("official", run_official)] + [(f"{b} {q}", r.run) for b, q, r in prep.sides]
+    sides = [("official", run_official)] + [(side.label, side.runner.run) for side in prep.sides]
     return alternate(sides, rounds, warmup=warmup, iters=iters, on_run=on_run)
 
 
@@ -349,15 +379,17 @@ def rows_for(prep: Prepared, times: dict[str, list[list[float]]], threads: int, 
 
     res = f"{prep.height}x{prep.width}"
     rows = []
-    for b, q, r in prep.sides:
-        c = compare(times["official"], times[f"{b} {q}"])
+    for side in prep.sides:
+        c = compare(times["official"], times[side.label])
         rows.append({
-            "preset": prep.preset, "resolution": res, "backend": b, "precision": q, "status": "ok",
+            "preset": prep.preset, "resolution": res, "backend": side.backend, "precision": side.precision,
+            "lowres_conv": side.lowres_conv, "status": "ok",
             "official_median_ms": c.baseline.median, "official_min_ms": c.baseline.min, "official_cov": c.baseline.cov,
             "asapbench_median_ms": c.other.median, "asapbench_min_ms": c.other.min, "asapbench_cov": c.other.cov,
             "ratio_median": c.ratio_median, "ratio_min": c.ratio_min, "round_ratio_min": c.round_ratio_min,
             "round_ratio_max": c.round_ratio_max, "rounds": c.rounds, "iters": iters, "threads": threads,
-            "max_abs_diff": prep.max_abs_diff, "note": r.note,
+            "max_abs_diff": prep.max_abs_diff if side.max_abs_diff is None else side.max_abs_diff,
+            "note": side.runner.note,
             "round_ratios": list(c.round_ratios),
         })
     for b, q, reason in prep.skipped:
@@ -383,6 +415,12 @@ def _f(v: Any, kind: str = "") -> str:
     return str(v)
 
 
+def _side_name(r: dict[str, Any]) -> str:
+    """``backend precision`` of a row, with its low-res conv form in parentheses when it has one."""
+    form = r.get("lowres_conv")
+    return f"{r['backend']} {r['precision']}" + (f" ({form})" if form else "")
+
+
 def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The headers and cells of the printed / markdown table (timed rows only; :func:`row_notes` has the rest)."""
     head = ["preset", "res", "asapbench", "official median ms", "official min ms", "official CoV",
@@ -392,7 +430,7 @@ def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     for r in rows:
         if r["status"] != "ok":
             continue
-        out.append([r["preset"], r["resolution"], f"{r['backend']} {r['precision']}", _f(r["official_median_ms"], "ms"),
+        out.append([r["preset"], r["resolution"], _side_name(r), _f(r["official_median_ms"], "ms"),
                     _f(r["official_min_ms"], "ms"), _f(r["official_cov"], "%"), _f(r["asapbench_median_ms"], "ms"),
                     _f(r["asapbench_min_ms"], "ms"), _f(r["asapbench_cov"], "%"), _f(r["ratio_median"], "x"),
                     _f(r["ratio_min"], "x"), f"{r['round_ratio_min']:.2f}-{r['round_ratio_max']:.2f}x",
@@ -406,7 +444,7 @@ def row_notes(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         if r.get("note"):
             what = "skipped" if r["status"] != "ok" else "note"
-            out.append(f"{r['preset']} {r['backend']} {r['precision']}: {what}: {r['note']}")
+            out.append(f"{r['preset']} {_side_name(r)}: {what}: {r['note']}")
     return out
 
 
@@ -508,6 +546,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", default="official-compare", help="folder for compare.csv, compare.md, compare.json")
     ap.add_argument("--cache-dir", default=None, help="ONNX export cache (default $ASAPBENCH_CACHE or ~/.cache/asapbench)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and the input")
+    ap.add_argument("--lowres-conv", default="winograd", help="comma-separated forms of asapbench's low-res 3x3 "
+                    "convs to time, each against the official module (winograd, winograd4, direct)")
     a = ap.parse_args(argv)
     a.presets = [p.strip() for p in a.presets.split(",") if p.strip()]
     bad = [p for p in a.presets if p not in PRESETS]
@@ -519,6 +559,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {a.warmup}")
     a.backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    from asapbench.registry import lowres_conv_choice
+
+    a.lowres_conv = [lowres_conv_choice(f.strip()) for f in a.lowres_conv.split(",") if f.strip()]
+    if not a.lowres_conv:
+        raise UserError("--lowres-conv needs at least one form: winograd, winograd4 or direct")
     return a
 
 
@@ -570,7 +615,7 @@ def _main(argv: list[str] | None) -> int:
     env.update(cpu_isa=cpu_isa(), official_path_name=root.name, official_commit=official_commit(root),
                torch_threads=a.threads)
     settings = dict(presets=a.presets, rounds=a.rounds, iters=a.iters, warmup=a.warmup, threads=a.threads,
-                    backends=[f"{b} {q}" for b, q in pairs], seed=a.seed, max_abs_diff_allowed=MAX_ABS_DIFF,
+                    backends=[f"{b} {q}" for b, q in pairs], lowres_conv=a.lowres_conv, seed=a.seed, max_abs_diff_allowed=MAX_ABS_DIFF,
                     stubs=stubs)
     rows: list[dict[str, Any]] = []
     times: dict[str, Any] = {}
@@ -581,7 +626,7 @@ def _main(argv: list[str] | None) -> int:
             task = progress.add_task(f"{preset}: preparing", total=None)
             t0 = time.perf_counter()
             prep = prepare(root, official_cls, preset, pairs, a.threads, cache_dir, a.seed,
-                           lambda s, task=task: progress.update(task, description=s))
+                           lambda s, task=task: progress.update(task, description=s), tuple(a.lowres_conv))
             try:
                 n_sides = 1 + len(prep.sides)
                 progress.update(task, total=a.rounds * n_sides * (a.warmup + a.iters), completed=0,
@@ -592,8 +637,8 @@ def _main(argv: list[str] | None) -> int:
 
                 t = time_preset(prep, a.rounds, a.warmup, a.iters, on_run)
             finally:
-                for _b, _q, runner in prep.sides:
-                    runner.close()
+                for side in prep.sides:
+                    side.runner.close()
             progress.update(task, description=f"{preset}: done in {time.perf_counter() - t0:.0f} s")
             times[preset] = t
             rows += rows_for(prep, t, a.threads, a.iters)

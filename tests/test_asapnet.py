@@ -361,8 +361,9 @@ def test_unknown_pixelwise_impl_is_a_user_error():
 
 
 def test_fast_onnx_graph_is_one_matmul_per_layer_without_full_size_transposes(tmp_path):
-    """The exported fast path: MatMul (+Add) + LeakyRelu per layer, no chunk loop unrolled, and the
-    only Transposes move the label input or the 3-channel output (or the small low-res parameters)."""
+    """The exported fast path: MatMul (+Add) + LeakyRelu per layer (the first layer: a labels and a PE product,
+    no concatenated input), one group of tiles at this size, and the only Transposes move the label input or the
+    3-channel output (or the small low-res parameters)."""
     pytest.importorskip("onnxscript")
     onnx = pytest.importorskip("onnx")
     from exporters.onnx_export import torch_to_onnx
@@ -373,8 +374,9 @@ def test_fast_onnx_graph_is_one_matmul_per_layer_without_full_size_transposes(tm
     proto = torch_to_onnx(m, x)
     ops = [nd.op_type for nd in proto.graph.node]
     depth = len(m.mlp_channels) - 1
-    assert ops.count("MatMul") == depth
+    assert ops.count("MatMul") == depth + 1
     assert ops.count("LeakyRelu") == depth - 1 and ops.count("Tanh") == 1
+    assert "Concat" not in ops
     inferred = onnx.shape_inference.infer_shapes(proto)
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in inferred.graph.value_info}
     hidden = m.mlp_channels[1]
@@ -383,3 +385,38 @@ def test_fast_onnx_graph_is_one_matmul_per_layer_without_full_size_transposes(tm
             shp = shapes.get(nd.output[0]) or []
             # never a full-resolution tensor of hidden width
             assert not (math.prod(shp) >= 32 * 64 * hidden), (nd.name, shp)
+
+
+@pytest.mark.parametrize("mode", ["onehot", "labels"])
+def test_exported_pixelwise_runs_in_groups_of_tiles_with_the_same_output(monkeypatch, mode):
+    """Inference exports run the tiles in groups (GRAPH_CHUNK_PIXELS), one chain of layers per group: the groups
+    cover every tile once and in order (onnxruntime's output equals the eager reference formulation's), and
+    training mode keeps one product per layer."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    import asapbench.models.asapnet as A
+    from asapbench.inputs import label_input, random_label_map
+    from exporters.onnx_export import torch_to_onnx
+
+    monkeypatch.setattr(A, "GRAPH_CHUNK_PIXELS", 8 * 64)  # 8 tiles of 8 x 8 pixels per group: 4 groups at 32x64
+    m = _randomise(create_generator("asapnet-tiny", lowres_conv="direct"), seed=21).eval()
+    assert m.scale == 8
+    assert m._graph_groups(32) == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    assert m._graph_groups(30)[-1] == (24, 30)
+    assert m.train()._graph_groups(32) == [(0, 32)]
+    m.eval()
+    if mode == "labels":
+        m.set_input_mode("labels")
+        x = label_input(m, *random_label_map(1, 32, 64, m.label_nc, seed=22))
+    else:
+        x = _input(m, 1, 32, 64, seed=22)
+    with torch.no_grad():
+        m.pixelwise_impl = "reference"
+        ref = m(x).numpy()
+        m.pixelwise_impl = "fast"
+    proto = torch_to_onnx(m, x)
+    ops = [nd.op_type for nd in proto.graph.node]
+    assert ops.count("Tanh") == 4, ops.count("Tanh")  # one chain per group
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - ref).max() < 1e-4

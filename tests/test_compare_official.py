@@ -139,17 +139,20 @@ def test_script_times_the_official_module_first_in_every_round(one_thread, tmp_p
         runner.open()
         tag = f"ours{len(sides)}"
         runner.model.register_forward_hook(lambda *a, tag=tag: calls.append(tag))
-        sides.append((tag, "fp32", runner))
+        form = "winograd" if not sides else "winograd4"  # the second side: another low-res conv form
+        sides.append(compare_official.Side(tag, "fp32", runner, form, 1e-6))
     prep = compare_official.Prepared("tiny", 64, 128, official, ours, x, 0.0, sides, [])
     try:
         times = compare_official.time_preset(prep, rounds=2, warmup=1, iters=1)
     finally:
-        for _b, _q, r in sides:
-            r.close()
+        for side in sides:
+            side.runner.close()
     assert calls == (["official"] * 2 + ["ours0"] * 2 + ["ours1"] * 2) * 2
-    assert list(times) == ["official", "ours0 fp32", "ours1 fp32"]
+    assert list(times) == ["official", "ours0 fp32", "ours1 fp32 winograd4"]
     rows = compare_official.rows_for(prep, times, threads=1, iters=1)
-    assert [(r["backend"], r["status"], r["rounds"]) for r in rows] == [("ours0", "ok", 2), ("ours1", "ok", 2)]
+    assert [(r["backend"], r["lowres_conv"], r["status"], r["rounds"]) for r in rows] == [
+        ("ours0", "winograd", "ok", 2), ("ours1", "winograd4", "ok", 2)]
+    assert compare_official.table_rows(rows)[1][1][2] == "ours1 fp32 (winograd4)"
     assert rows[0]["ratio_median"] == pytest.approx(rows[0]["official_median_ms"] / rows[0]["asapbench_median_ms"])
 
 
@@ -197,6 +200,9 @@ def test_unknown_preset_and_missing_official_are_one_line_errors(tmp_path):
     assert_one_line_error(r, "gotham", "facades1024")
     r = script("--rounds", "1")
     assert_one_line_error(r, "--official")
+    r = script("--official", str(tmp_path), "--lowres-conv", "winograd,fft", "--out", str(tmp_path / "o"))
+    assert_one_line_error(r, "--lowres-conv", "'fft'", "winograd4")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("backends, words", [("torch,warp-drive", ["warp-drive", "onnxruntime"]),

@@ -60,6 +60,7 @@ class SweepConfig:
     export_check: bool = True
     trt: str = "auto"  # TensorRT flavour for the tensorrt backend: auto, tensorrt or rtx
     input: str = "onehot"  # what the models take: onehot (official float tensor) or labels (int32 label map)
+    lowres_conv: str | None = None  # ASAP-Net's low-res 3x3 conv form (None: the model's default); a row override
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,7 +91,8 @@ def _fmt_overrides(overrides: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
 
 
-def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module]) -> ModelPlan:
+def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module],
+              lowres_conv: str | None = None) -> ModelPlan:
     from asapbench.counting import count_macs
     from asapbench.registry import build_for_resolution, get_preset
 
@@ -105,6 +107,8 @@ def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module]
         else:
             m = build_for_resolution(name, h, w, device="meta")
             p.overrides = dict(m.overrides)
+            if lowres_conv is not None and hasattr(m, "lowres_conv") and lowres_conv != m.lowres_conv:
+                p.overrides["lowres_conv"] = lowres_conv  # a constructor option: built so, named in the row
         p.preset = m.preset
         p.input_nc = getattr(m, "input_nc", None)
         p.cost = count_macs(m, h, w, batch=1)
@@ -121,18 +125,20 @@ def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module]
 
 
 def plan_models(models: Sequence[str], resolutions: Sequence[tuple[int, int]],
-                checkpoints: dict[str, torch.nn.Module] | None = None) -> list[ModelPlan]:
+                checkpoints: dict[str, torch.nn.Module] | None = None,
+                lowres_conv: str | None = None) -> list[ModelPlan]:
     """Configure every model for every resolution as the paper did, check the size and count its MACs.
 
     Models are built on the meta device (no weights), so planning costs milliseconds. A resolution
     that none of the models can take raises UserError; one that only some cannot take becomes a
     plan with ``problem`` set (an ``unsupported`` row). Plans are ordered model-major, then by
-    resolution (one model in memory at a time).
+    resolution (one model in memory at a time). ``lowres_conv``: ASAP-Net's low-res conv form for the models
+    that have one (an override of the built model; a checkpoint's model gets it from :func:`apply_lowres_conv`).
     """
     checkpoints = checkpoints or {}
     plans: list[ModelPlan] = []
     for h, w in resolutions:
-        batch = [_plan_one(name, h, w, checkpoints) for name in models]
+        batch = [_plan_one(name, h, w, checkpoints, lowres_conv) for name in models]
         if all(p.problem for p in batch):
             raise UserError(f"no requested model can take --res {h}x{w}: {batch[0].problem}; choose another --res "
                             "(e.g. 256x512; `asapbench info --model MODEL --res HxW` checks one)")
@@ -141,6 +147,17 @@ def plan_models(models: Sequence[str], resolutions: Sequence[tuple[int, int]],
     res_order = {r: i for i, r in enumerate(resolutions)}
     plans.sort(key=lambda p: (order[p.name], res_order[(p.height, p.width)]))
     return plans
+
+
+def apply_lowres_conv(checkpoints: dict[str, torch.nn.Module], lowres_conv: str | None) -> None:
+    """Give the checkpoints' ASAP-Net models the low-res conv form ``lowres_conv`` (None: leave them), recorded in
+    their ``config`` so that their plans' overrides (and rows) name it."""
+    if lowres_conv is None:
+        return
+    for m in checkpoints.values():
+        if hasattr(m, "lowres_conv"):
+            m.lowres_conv = lowres_conv
+            m.config = {**m.config, "lowres_conv": lowres_conv}
 
 
 def build_model(plan: ModelPlan, checkpoints: dict[str, torch.nn.Module], seed: int) -> torch.nn.Module:
@@ -381,7 +398,7 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
     env_cols = _env_columns(env)
     ckpts = checkpoint_models or {}
     if plans is None:
-        plans = plan_models(cfg.models, cfg.resolutions, ckpts)
+        plans = plan_models(cfg.models, cfg.resolutions, ckpts, cfg.lowres_conv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = cfg.threads or torch.get_num_threads()

@@ -46,6 +46,12 @@ INPUT_HELP = ("onehot: the official float one-hot (+ instance edge) tensor; labe
               "Same outputs; see docs/export.md.")
 
 
+#: help text of --lowres-conv (export, run and profile; checked by :func:`asapbench.registry.lowres_conv_choice`)
+LOWRES_HELP = ("ASAP-Net's low-res 3x3 convs: winograd (Winograd F(2x2,3x3), the default), winograd4 (F(4x4,3x3): "
+               "fewer multiplications, about 1.5x the direct conv's rounding error) or direct (plain conv). "
+               "See docs/generators.md.")
+
+
 def input_kind(value: Any) -> str:
     """The --input value as a string, checked (UserError names the choices)."""
     from asapbench.models.base import INPUT_MODES
@@ -136,6 +142,7 @@ def export_models(
     trt: str = "auto",
     target_sm: str | Sequence[int] | None = None,
     input: str = "onehot",
+    lowres_conv: str | None = None,
 ) -> list[dict[str, Any]]:
     """Export ``model`` at every resolution in ``res``; returns one record per ONNX file / engine.
 
@@ -161,6 +168,10 @@ def export_models(
         onnx = require("onnx", why="to export ONNX")
         check("--opset", opset, hi=onnx.defs.onnx_opset_version())  # no newer than the installed onnx defines
     kind = input_kind(input)
+    from asapbench.registry import lowres_conv_choice, refuse_lowres_conv_without_asapnet
+
+    form = lowres_conv_choice(lowres_conv)
+    refuse_lowres_conv_without_asapnet(form, [model])
     resolutions = parse_resolutions(res)
     want_trt = engine in ("trt", "all")
     trt = trt.value if isinstance(trt, Enum) else str(trt)
@@ -191,6 +202,8 @@ def export_models(
     records: list[dict[str, Any]] = []
     for g, rs in models:
         g.set_input_mode(kind)  # after the weights were made realistic (on the one-hot input)
+        if form is not None:
+            g.lowres_conv = form  # an inference form: the weights stay; the export key names it
         for h, w in (rs[:1] if dynamic else rs):
             r = export_onnx(g, h, w, out_dir, precision=precision, dynamic=dynamic, batch=batch, opset=opset,
                             check=check, checkpoint=checkpoint, seed=seed, reuse=reuse, progress=progress,
@@ -318,6 +331,7 @@ def register(app) -> None:
         force: Annotated[bool, typer.Option("--force", metavar="", help="Re-export and rebuild even when a matching file exists.")] = False,
         parity_labels: Annotated[Optional[Path], typer.Option("--parity-labels", metavar="DIR", rich_help_panel="ONNX", help="Folder of label-map PNGs (e.g. Cityscapes *_labelIds.png) to gate parity on, besides the built-in synthetic label maps.")] = None,
         input: Annotated[InputKind, typer.Option("--input", metavar="KIND", help=INPUT_HELP)] = InputKind.onehot,
+        lowres_conv: Annotated[Optional[str], typer.Option("--lowres-conv", metavar="FORM", help=LOWRES_HELP)] = None,
     ) -> None:
         """Export a generator to ONNX (fp32/fp16) and TensorRT, checking parity with PyTorch."""
         from rich.console import Console
@@ -334,6 +348,6 @@ def register(app) -> None:
                 model, res, engine=engine, precision=precision, preset=preset, checkpoint=checkpoint,
                 dynamic=dynamic, out=out, check=check, seed=seed, workspace_gb=workspace_gb, batch=batch,
                 opset=opset, reuse=not force, log=log, parity_labels=parity_labels, trt=trt, target_sm=target_sm,
-                input=input,
+                input=input, lowres_conv=lowres_conv,
                 progress=lambda s: bar.update(task, description=s),
             )

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from asapbench.commands.export import INPUT_HELP
+from asapbench.commands.export import INPUT_HELP, LOWRES_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[str, typer.Option("--precision", "-p", metavar="NAME", help="fp32, or bf16 (--backend torch, on CPUs with AVX-512 BF16 or AMX): model and input in bfloat16, the GEMM rate measured in bf16, and the output compared with fp32 (PSNR).")] = "fp32",
         cast: Annotated[str, typer.Option("--cast", metavar="KIND", help="With --precision bf16: auto (what `asapbench run` times: the whole model cast, or, when that fails the parity gate, the model's mixed variant: ASAP-Net's pixelwise stream in bf16, low-res stream in fp32), whole or mixed (that one, whatever the gate says).")] = "auto",
         input: Annotated[str, typer.Option("--input", metavar="KIND", help=INPUT_HELP)] = "onehot",
+        lowres_conv: Annotated[str | None, typer.Option("--lowres-conv", metavar="FORM", help=LOWRES_HELP)] = None,
         preset: Annotated[str | None, typer.Option("--preset", metavar="NAME", help="Preset (default: configured for --res as `asapbench run` does).")] = None,
         threads: Annotated[int | None, typer.Option("--threads", metavar="N", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
         iters: Annotated[int, typer.Option("--iters", "-n", metavar="N", help="Timed rounds (medians are reported).")] = 3,
@@ -37,7 +38,8 @@ def register(app: typer.Typer) -> None:
         from asapbench.bench.profile import render_table, run_profile
 
         result = run_profile(model, res, backend=backend, precision=precision, preset=preset, threads=threads,
-                             iters=iters, warmup=warmup, seed=seed, gemm_size=gemm_size, cast=cast, input=input)
+                             iters=iters, warmup=warmup, seed=seed, gemm_size=gemm_size, cast=cast, input=input,
+                             lowres_conv=lowres_conv)
         Console().print(render_table(result))
         if json_path is not None:
             from asapbench.fsutil import atomic_write_json, ensure_writable_dir
