@@ -273,18 +273,32 @@ def cpu_backends(names: list[str] | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def fp32_agreement(official: Any, x: Any, official_out: Any, ours_out: Any) -> tuple[bool, str]:
-    """Whether asapbench's output is as close to the exact result as the official fp32 one, by the project's
-    fp32 parity criterion (:func:`exporters.validate.drift_bound`: max |ours - float64| <= 4 x max |official -
-    float64| + 1e-4), the float64 result being the official module run in float64 on the same input."""
+def float64_forward(module: Any, x: Any) -> Any:
+    """``module``'s output on ``x`` computed in float64: a float64 copy of it, run with float64 as torch's default
+    dtype, so that tensors it makes while running are float64 too (the official Facades generators build their
+    tent-filter downsampler, kernels included, with ``torch.Tensor(...)`` inside ``forward``)."""
     import copy
 
     import torch
 
+    m = copy.deepcopy(module).double()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.inference_mode():
+            return m(x.double())
+    finally:
+        torch.set_default_dtype(old)
+
+
+def fp32_agreement(official: Any, x: Any, official_out: Any, ours_out: Any) -> tuple[bool, str]:
+    """Whether asapbench's output is as close to the exact result as the official fp32 one, by the project's
+    fp32 parity criterion (:func:`exporters.validate.drift_bound`: max |ours - float64| <= 4 x max |official -
+    float64| + 1e-4), the float64 result being the official module run in float64 on the same input."""
+
     from exporters.validate import drift_bound
 
-    with torch.inference_mode():
-        exact = copy.deepcopy(official).double()(x.double())[0]
+    exact = float64_forward(official, x)[0]
     official_err = float((official_out.double() - exact).abs().max())
     ours_err = float((ours_out.double() - exact).abs().max())
     bound = drift_bound(official_err)

@@ -92,6 +92,36 @@ def test_fp32_agreement_judges_against_a_float64_forward_of_the_official_module(
     assert not ok and "allowed" in why
 
 
+class _KernelMadeInForward(torch.nn.Module):
+    """Like the official Facades generators' tent downsampler: a float kernel made with ``torch.Tensor(...)`` inside
+    ``forward`` (neither parameter nor buffer of the module), so ``Module.double()`` alone cannot reach it."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        kernel = torch.Tensor([[[[1.0]]]]).repeat(x.shape[1], 1, 1, 1)
+        return self.m(torch.nn.functional.conv2d(x, kernel, groups=x.shape[1])), None
+
+
+def test_fp32_agreement_runs_official_modules_that_make_float_tensors_in_forward(one_thread):
+    import copy
+
+    official, x = _tiny("asapnet-tiny")
+    official.lowres_conv = "direct"
+    wrapped = _KernelMadeInForward(official)
+    with pytest.raises(RuntimeError):  # what Module.double() alone gives (the facades1024 run stopped on it)
+        copy.deepcopy(wrapped).double()(x.double())
+    assert compare_official.float64_forward(wrapped, x)[0].dtype == torch.float64
+    assert torch.get_default_dtype() == torch.float32  # restored
+    ours = create_generator_like(official, "winograd4")
+    with torch.inference_mode():
+        a, b = wrapped(x)[0], ours(x)
+    ok, why = compare_official.fp32_agreement(wrapped, x, a, b)
+    assert ok and "float64" in why
+
+
 def create_generator_like(model, lowres_conv):
     from asapbench.registry import create_generator
 

@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=1, help="timed runs per candidate per round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--table", default=None, metavar="JSON", help="only print the markdown table of a saved result")
     a = ap.parse_args(argv)
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return 0
 
     import tempfile
 
@@ -155,6 +159,23 @@ def main(argv: list[str] | None = None) -> int:
             Path(a.out).write_text(json.dumps(out, indent=1))
     tmp.cleanup()
     return 0
+
+
+def table(doc: dict) -> str:
+    """The markdown table of a saved result (README tables are printed by this, never typed)."""
+    env = doc["environment"]
+    lines = [f"{env.get('cpu_model', '?')}, {doc['threads']} threads, {doc['rounds']} alternated rounds x {doc['iters']} "
+             f"run(s), asapbench git {env.get('git_sha', '?')}, {env.get('timestamp', '')}", "",
+             "| preset | candidate | median ms | min ms | GFLOP/s | % of its library's peak | % of the machine's peak | peak GFLOP/s (torch / onnxruntime / OpenVINO) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for preset, rec in doc["presets"].items():
+        pk = rec["peak_gflops"]
+        peaks = f"{pk['torch']:.0f} / {pk['onnxruntime']:.0f} / {pk['openvino']:.0f}"
+        for r in rec["rows"]:
+            lines.append(f"| {preset} {rec['resolution'][0]}x{rec['resolution'][1]} | {r['candidate']} | {r['median_ms']:.0f} | "
+                         f"{r['min_ms']:.0f} | {r['gflops']:.1f} | {100 * r['fraction_of_library_peak']:.0f}% | "
+                         f"{100 * r['fraction_of_machine_peak']:.0f}% | {peaks} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@
 # facades2048). Writes compare.csv / compare.md / compare.json here, in facades512/ and in facades2048/.
 set -eu
 OFFICIAL=${1:-${ASAPBENCH_OFFICIAL:-../ASAPNet}}
-# the targets: cityscapes 256x512 and facades1024 1024x1024, 9 alternated rounds of 1 warm-up + 3 timed runs
+# the targets: cityscapes 256x512 and facades1024 1024x1024, 9 alternated rounds of 1 warm-up + 3 timed runs,
+# both low-res conv forms (the default Winograd F(2x2,3x3) and F(4x4,3x3)) against the official module
 python scripts/compare_official.py --official "$OFFICIAL" --presets cityscapes,facades1024 --rounds 9 --iters 3 \
-    --warmup 1 --threads 2 --backends torch,onnxruntime,openvino --out results/official-compare
-# the other official Facades sizes, fewer rounds (facades2048: the official module takes several seconds a run)
+    --warmup 1 --threads 2 --backends torch,onnxruntime,openvino --lowres-conv winograd,winograd4 --out results/official-compare
+# the other official Facades sizes, fewer rounds (facades2048: the official module takes several seconds a run,
+# so only the graph backends there)
 python scripts/compare_official.py --official "$OFFICIAL" --presets facades512 --rounds 5 --iters 3 --warmup 1 \
-    --threads 2 --backends torch,onnxruntime,openvino --out results/official-compare/facades512
+    --threads 2 --backends torch,onnxruntime,openvino --lowres-conv winograd,winograd4 --out results/official-compare/facades512
 python scripts/compare_official.py --official "$OFFICIAL" --presets facades2048 --rounds 3 --iters 2 --warmup 1 \
-    --threads 2 --backends torch,onnxruntime,openvino --out results/official-compare/facades2048
+    --threads 2 --backends onnxruntime,openvino --lowres-conv winograd,winograd4 --out results/official-compare/facades2048
