@@ -59,13 +59,24 @@ def judge_model(model, inputs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="an `asapbench train` run folder or generator .pth (asapnet)")
-    ap.add_argument("--labels", required=True, help="folder of label maps (e.g. Cityscapes *_labelIds.png)")
+    ap.add_argument("--checkpoint", help="an `asapbench train` run folder or generator .pth (asapnet)")
+    ap.add_argument("--labels", help="folder of label maps (e.g. Cityscapes *_labelIds.png)")
     ap.add_argument("--res", default="256x512")
     ap.add_argument("--count", type=int, default=4, help="real label maps to judge on (then 2 synthetic ones)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    ap.add_argument("--render", default=None, metavar="JSON", help="only write gate.md again from a saved gate.json")
     a = ap.parse_args(argv)
+    if a.render:
+        import json
+
+        from asapbench.fsutil import atomic_write_text
+
+        doc = json.loads(Path(a.render).read_text())
+        atomic_write_text(Path(a.render).with_name("gate.md"), markdown(doc))
+        return 0
+    if not a.checkpoint or not a.labels:
+        ap.error("--checkpoint and --labels are required (or --render JSON)")
 
     import torch
 
@@ -113,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(doc: dict[str, Any]) -> str:
     env = doc["environment"]
+    command = env.get("command", "").removeprefix("asapbench ")  # the environment snapshot names the CLI
     lines = [f"# bf16 gate of ASAP-Net ({doc['preset']}, {doc['resolution'][0]}x{doc['resolution'][1]}): random vs trained weights",
              "",
-             f"`{env.get('command', '')}` on {env.get('cpu_model', '?')}; torch {env.get('torch_version', '?')}; asapbench git "
+             f"`{command}` on {env.get('cpu_model', '?')}; torch {env.get('torch_version', '?')}; asapbench git "
              f"{env.get('git_sha', '?')}; {env.get('timestamp', '')}. Trained weights: `{doc['checkpoint']['file']}` (step "
              f"{doc['checkpoint']['step']}, sha256 {doc['checkpoint']['sha256'][:12]}). The gate: PSNR of the bf16 output "
              "against the fp32 output >= 40 dB, no NaN/Inf (what `asapbench run --precision bf16` requires before it times a form).",

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 def table(doc: dict) -> str:
     """The markdown table of a saved result (README tables are printed by this, never typed)."""
     env = doc["environment"]
-    lines = [f"{env.get('cpu_model', '?')}, {doc['threads']} threads, {doc['rounds']} alternated rounds x {doc['iters']} "
+    lines = [f"`{env.get('command', '').removeprefix('asapbench ')}` on {env.get('cpu_model', '?')}, {doc['threads']} threads, {doc['rounds']} alternated rounds x {doc['iters']} "
              f"run(s), asapbench git {env.get('git_sha', '?')}, {env.get('timestamp', '')}", "",
              "| preset | candidate | median ms | min ms | GFLOP/s | % of its library's peak | % of the machine's peak | peak GFLOP/s (torch / onnxruntime / OpenVINO) |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
