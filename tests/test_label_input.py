@@ -161,7 +161,7 @@ def test_labels_export_matches_torch_in_onnxruntime_and_has_its_own_key(tmp_path
     key2 = export_key(g, 32, 64, "fp32", False, 1, 20, 0, wsha)
     assert key1 != key2 and key2["graph_variant"].endswith("input=labels")
     # one-hot keys carry no input mode (as before the mode existed); the Winograd low-res form has its own part
-    assert key1["graph_variant"] == "pixelwise=fast,lowres=winograd"
+    assert key1["graph_variant"] == "pixelwise=fast,groups=65536,lowres=winograd"
     assert onnx_stem(g, 32, 64, "fp32") == stem1 + "-labels"
 
     r = export_onnx(g, 32, 64, tmp_path, "fp32", seed=0)

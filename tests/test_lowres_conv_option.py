@@ -79,7 +79,7 @@ def test_export_and_profile_take_the_form(tmp_path):
                   str(tmp_path / "e"))
     assert r.returncode == 0, r.stderr
     (side,) = [json.load(open(p)) for p in (tmp_path / "e").glob("*.json")]
-    assert side["key"]["graph_variant"] == "pixelwise=fast"  # the direct convs: no lowres= part
+    assert side["key"]["graph_variant"] == "pixelwise=fast,groups=65536"  # the direct convs: no lowres= part
     r = asapbench("profile", "--model", "asapnet-tiny", "--res", "32x64", "--lowres-conv", "winograd4", "--iters",
                   "1", "--gemm-size", "64", "--json", str(tmp_path / "p.json"))
     assert r.returncode == 0, r.stderr

@@ -426,6 +426,8 @@ class ASAPNetGenerator(Generator):
     # geometry -----------------------------------------------------------------------------
     def graph_variant_parts(self) -> list[str]:
         parts = [f"pixelwise={self.pixelwise_impl}"]
+        if self.pixelwise_impl == "fast":  # the traced graph's groups of tiles (exports before them had none)
+            parts.append(f"groups={GRAPH_CHUNK_PIXELS}")
         if self.lowres_conv != "direct":  # direct: the graph (and cache keys) of before the Winograd form
             parts.append(f"lowres={self.lowres_conv}")
         return parts
