@@ -273,5 +273,6 @@ def test_compare_against_the_official_checkout_cityscapes_one_round(tmp_path):
         assert row["ratio_median"] == pytest.approx(row["official_median_ms"] / row["asapbench_median_ms"])
     times = data["times_ms"]["cityscapes"]
     assert list(times) == ["official", "torch fp32", "onnxruntime fp32"]
-    assert "| cityscapes | 256x512 | onnxruntime fp32 |" in (out / "compare.md").read_text()
-    assert (out / "compare.csv").read_text().startswith("preset,resolution,backend,precision,status")
+    assert "| cityscapes | 256x512 | onnxruntime fp32 (winograd) |" in (out / "compare.md").read_text()
+    assert (out / "compare.csv").read_text().startswith("preset,resolution,backend,precision,lowres_conv,status")
+    assert all(row["lowres_conv"] == "winograd" for row in ok)  # the default form
