@@ -141,8 +141,10 @@ def build_for_resolution(name: str, height: int, width: int, preset: str | None 
     return model
 
 
-def lowres_conv_choice(value: Any) -> str | None:
-    """The --lowres-conv value of export, run and profile (None: the model's default), checked (UserError names the choices)."""
+def lowres_conv_choice(value: Any, models: Sequence[str] = ()) -> str | None:
+    """The --lowres-conv value of export, run and profile (None: the model's default), checked: UserError naming the
+    choices for an unknown form, and for a form given when ``models`` (registered names) holds no ASAP-Net model
+    (it would change nothing)."""
     from asapbench.models.asapnet import LOWRES_CONVS
 
     if value is None:
@@ -150,19 +152,7 @@ def lowres_conv_choice(value: Any) -> str | None:
     v = value.value if isinstance(value, Enum) else str(value)
     if v not in LOWRES_CONVS:
         raise UserError(f"unknown --lowres-conv {v!r}; choose one of: {', '.join(LOWRES_CONVS)}")
-    return v
-
-
-def takes_lowres_conv(model: Any) -> bool:
-    """Whether ``model`` (a generator, or a registered model's name) has ASAP-Net's low-res conv forms."""
-    if isinstance(model, str):
-        spec = get_spec(model)
-        return (spec.family or spec.name) == "asapnet"
-    return hasattr(model, "lowres_conv")
-
-
-def refuse_lowres_conv_without_asapnet(form: str | None, models: Sequence[str]) -> None:
-    """A --lowres-conv given for models none of which is ASAP-Net: UserError (it would change nothing)."""
-    if form is not None and not any(takes_lowres_conv(m) for m in models):
+    if models and not any((get_spec(m).family or get_spec(m).name) == "asapnet" for m in models):
         raise UserError(f"--lowres-conv applies to ASAP-Net models only, and {', '.join(models)} has none; "
                         "leave --lowres-conv out or add --model asapnet")
+    return v

@@ -249,8 +249,8 @@ class Side:
     backend: str
     precision: str
     runner: Any
-    lowres_conv: str = DEFAULT_FORM
-    max_abs_diff: float | None = None
+    lowres_conv: str
+    max_abs_diff: float
 
     @property
     def label(self) -> str:
@@ -402,7 +402,7 @@ def rows_for(prep: Prepared, times: dict[str, list[list[float]]], threads: int, 
             "asapbench_median_ms": c.other.median, "asapbench_min_ms": c.other.min, "asapbench_cov": c.other.cov,
             "ratio_median": c.ratio_median, "ratio_min": c.ratio_min, "round_ratio_min": c.round_ratio_min,
             "round_ratio_max": c.round_ratio_max, "rounds": c.rounds, "iters": iters, "threads": threads,
-            "max_abs_diff": prep.max_abs_diff if side.max_abs_diff is None else side.max_abs_diff,
+            "max_abs_diff": side.max_abs_diff,
             "note": side.runner.note,
             "round_ratios": list(c.round_ratios),
         })

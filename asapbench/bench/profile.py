@@ -451,10 +451,9 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         raise UserError(f"unknown --cast {cast!r}; choose one of: {', '.join(CASTS)}")
     if cast != "auto" and precision == "fp32":
         raise UserError(f"--cast {cast} applies to --precision bf16 only; drop --cast for fp32")
-    from asapbench.registry import lowres_conv_choice, refuse_lowres_conv_without_asapnet
+    from asapbench.registry import lowres_conv_choice
 
-    form = lowres_conv_choice(lowres_conv)
-    refuse_lowres_conv_without_asapnet(form, [model])
+    form = lowres_conv_choice(lowres_conv, [model])
     h, w = parse_resolution(res)
     check_all(iters=iters, warmup=warmup, threads=threads, gemm_size=gemm_size, seed=seed)
     old_threads = torch.get_num_threads()

@@ -107,8 +107,8 @@ def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module]
         else:
             m = build_for_resolution(name, h, w, device="meta")
             p.overrides = dict(m.overrides)
-            if lowres_conv is not None and hasattr(m, "lowres_conv") and lowres_conv != m.lowres_conv:
-                p.overrides["lowres_conv"] = lowres_conv  # a constructor option: built so, named in the row
+        if lowres_conv is not None and hasattr(m, "lowres_conv") and lowres_conv != m.lowres_conv:
+            p.overrides["lowres_conv"] = lowres_conv  # built (or set, on a checkpoint's model) so; named in the row
         p.preset = m.preset
         p.input_nc = getattr(m, "input_nc", None)
         p.cost = count_macs(m, h, w, batch=1)
@@ -133,7 +133,7 @@ def plan_models(models: Sequence[str], resolutions: Sequence[tuple[int, int]],
     that none of the models can take raises UserError; one that only some cannot take becomes a
     plan with ``problem`` set (an ``unsupported`` row). Plans are ordered model-major, then by
     resolution (one model in memory at a time). ``lowres_conv``: ASAP-Net's low-res conv form for the models
-    that have one (an override of the built model; a checkpoint's model gets it from :func:`apply_lowres_conv`).
+    that have one, an override in their plans (:func:`build_model` applies it).
     """
     checkpoints = checkpoints or {}
     plans: list[ModelPlan] = []
@@ -149,24 +149,16 @@ def plan_models(models: Sequence[str], resolutions: Sequence[tuple[int, int]],
     return plans
 
 
-def apply_lowres_conv(checkpoints: dict[str, torch.nn.Module], lowres_conv: str | None) -> None:
-    """Give the checkpoints' ASAP-Net models the low-res conv form ``lowres_conv`` (None: leave them), recorded in
-    their ``config`` so that their plans' overrides (and rows) name it."""
-    if lowres_conv is None:
-        return
-    for m in checkpoints.values():
-        if hasattr(m, "lowres_conv"):
-            m.lowres_conv = lowres_conv
-            m.config = {**m.config, "lowres_conv": lowres_conv}
-
-
 def build_model(plan: ModelPlan, checkpoints: dict[str, torch.nn.Module], seed: int) -> torch.nn.Module:
     """The CPU fp32 generator of ``plan`` ready for inference: the checkpoint's, or seeded random weights
     made realistic (:func:`asapbench.weights.realistic_model`) so that ONNX exports can be reused."""
     from asapbench.weights import realistic_model
 
     if plan.name in checkpoints:
-        return checkpoints[plan.name]
+        m = checkpoints[plan.name]
+        if "lowres_conv" in plan.overrides:  # an inference form: the checkpoint's weights stay
+            m.lowres_conv = plan.overrides["lowres_conv"]
+        return m
     return realistic_model(plan.name, plan.height, plan.width, plan.preset, seed, **plan.overrides)
 
 

@@ -168,10 +168,9 @@ def export_models(
         onnx = require("onnx", why="to export ONNX")
         check("--opset", opset, hi=onnx.defs.onnx_opset_version())  # no newer than the installed onnx defines
     kind = input_kind(input)
-    from asapbench.registry import lowres_conv_choice, refuse_lowres_conv_without_asapnet
+    from asapbench.registry import lowres_conv_choice
 
-    form = lowres_conv_choice(lowres_conv)
-    refuse_lowres_conv_without_asapnet(form, [model])
+    form = lowres_conv_choice(lowres_conv, [model])
     resolutions = parse_resolutions(res)
     want_trt = engine in ("trt", "all")
     trt = trt.value if isinstance(trt, Enum) else str(trt)

@@ -158,11 +158,10 @@ def build_config(
         budget = None  # 0: no budget
     ckpts = _parse_checkpoints(checkpoint, model_names)
     from asapbench.commands.export import input_kind
-    from asapbench.registry import lowres_conv_choice, refuse_lowres_conv_without_asapnet
+    from asapbench.registry import lowres_conv_choice
 
     kind = input_kind(input)  # UserError naming the choices
-    form = lowres_conv_choice(lowres_conv)
-    refuse_lowres_conv_without_asapnet(form, model_names)
+    form = lowres_conv_choice(lowres_conv, model_names)
     cfg = SweepConfig(
         models=model_names, resolutions=resolutions, backends=backend_names, precisions=precisions, device=dev,
         batch=batch, budget_s=budget, checkpoints=ckpts, cuda_graph=cuda_graph, threads=threads,
@@ -206,7 +205,7 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None,
 
     import torch
 
-    from asapbench.bench.sweep import apply_lowres_conv, plan_models
+    from asapbench.bench.sweep import plan_models
     from asapbench.bench.system import snapshot
 
     ckpt_models = {}
@@ -215,7 +214,6 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None,
 
         for name, path in cfg.checkpoints.items():
             ckpt_models[name] = load_generator(name, None, path).prepare_for_inference()
-    apply_lowres_conv(ckpt_models, cfg.lowres_conv)
     plans = plan_models(cfg.models, cfg.resolutions, ckpt_models, cfg.lowres_conv)  # bad resolutions fail here, before any work
     env = snapshot(argv)
     if any(b.startswith("onnxruntime") for b in cfg.backends) and env.get("onnxruntime_version"):

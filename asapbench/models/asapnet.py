@@ -595,12 +595,18 @@ class ASAPNetGenerator(Generator):
         x = hr_in.reshape(n, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1).reshape(t, s * s, c)
         p = params.permute(0, 2, 3, 1).reshape(t, params.shape[1])
         ci, co = self.mlp_channels[0], self.mlp_channels[1]
-        outs = []
-        for a, b in self._graph_groups(t):
+
+        def first_layer(a: int, b: int) -> torch.Tensor:
             wb = p[a:b, : (ci + 1) * co].reshape(b - a, ci + 1, co)  # [bias; W_labels; W_PE]
-            y = torch.matmul(x[a:b], wb[:, 1 : 1 + c]) + torch.matmul(pe, wb[:, 1 + c :]) + wb[:, :1]
-            outs.append(self._graph_layers(F.leaky_relu(y, 0.01), p[a:b]))
-        return self._untile(outs[0] if len(outs) == 1 else torch.cat(outs, 0), n, height, width)
+            return torch.matmul(x[a:b], wb[:, 1 : 1 + c]) + torch.matmul(pe, wb[:, 1 + c :]) + wb[:, :1]
+
+        return self._untile(self._grouped(p, first_layer), n, height, width)
+
+    def _grouped(self, p: torch.Tensor, first_layer) -> torch.Tensor:
+        """``[T, S*S, c_out]``: every group of tiles (:meth:`_graph_groups`) through ``first_layer(start, stop)`` (its
+        pre-activation), the LeakyReLU and layers 1.. (:meth:`_graph_layers`), concatenated in tile order."""
+        outs = [self._graph_layers(F.leaky_relu(first_layer(a, b), 0.01), p[a:b]) for a, b in self._graph_groups(p.shape[0])]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
     def _graph_layers(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Layers 1.. of the graph formulation on the first layer's activations ``x [T, S*S, c_1]``."""
@@ -673,11 +679,9 @@ class ASAPNetGenerator(Generator):
         t = lab_t.shape[0]
         p = params.permute(0, 2, 3, 1).reshape(t, params.shape[1])
         wb = p[:, : (hr + self.pe_channels + 1) * co].reshape(t, -1, co)
-        outs = []
-        for a, b in self._graph_groups(t):
-            y = self._first_layer_lookup(wb[a:b], lab_t[a:b], None if edge_t is None else edge_t[a:b])
-            outs.append(self._graph_layers(F.leaky_relu(y, 0.01), p[a:b]))
-        return self._untile(outs[0] if len(outs) == 1 else torch.cat(outs, 0), n, height, width)
+        out = self._grouped(p, lambda a, b: self._first_layer_lookup(wb[a:b], lab_t[a:b],
+                                                                    None if edge_t is None else edge_t[a:b]))
+        return self._untile(out, n, height, width)
 
     def stage_plan(self) -> StagePlan:
         """The stages ``asapbench profile`` times (:class:`asapbench.stages.StagePlan`)."""

@@ -24,25 +24,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-
-def _pixelwise_module(m):
-    """``(hr, params) -> m.pixelwise(hr, params)`` as a module (what is exported)."""
-    import torch
-
-    class Pixelwise(torch.nn.Module):
-        model_name = "asapnet-pixelwise"
-
-        def __init__(self):
-            super().__init__()
-            self.m = m
-
-        def forward(self, hr, params):
-            return self.m.pixelwise(hr, params)
-
-    return Pixelwise().eval()
+for _p in (ROOT, Path(__file__).resolve().parent):  # the package; bench_pixelwise.py's export helpers
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import asapbench.models.asapnet as A
+    from bench_pixelwise import _onnx, _Pixelwise
     from asapbench.bench.alternate import alternate
     from asapbench.bench.profile import GEMM_LIBRARY, _gemm_fn
     from asapbench.bench.runner_openvino import compile_onnx
@@ -72,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     from asapbench.inputs import example_input
     from asapbench.registry import get_preset
     from asapbench.weights import realistic_model
-    from exporters.onnx_export import DEFAULT_OPSET
     from exporters.ort import make_session
 
     torch.set_num_threads(a.threads)
@@ -96,10 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             old = A.GRAPH_CHUNK_PIXELS
             A.GRAPH_CHUNK_PIXELS = chunk
             try:
-                with torch.no_grad():  # what exporters/onnx_export.py runs, with the two inputs of the stream
-                    proto = torch.onnx.export(_pixelwise_module(m), (hr, params), None, input_names=["hr", "params"],
-                                              output_names=["y"], opset_version=DEFAULT_OPSET, dynamo=True,
-                                              optimize=True, verbose=False).model_proto
+                with torch.no_grad():
+                    proto = _onnx(_Pixelwise(m), (hr, params), ["hr", "params"])
             finally:
                 A.GRAPH_CHUNK_PIXELS = old
             path = Path(tmp.name) / f"{preset}-{graph}.onnx"
