@@ -141,18 +141,36 @@ def build_for_resolution(name: str, height: int, width: int, preset: str | None 
     return model
 
 
-def lowres_conv_choice(value: Any, models: Sequence[str] = ()) -> str | None:
-    """The --lowres-conv value of export, run and profile (None: the model's default), checked: UserError naming the
-    choices for an unknown form, and for a form given when ``models`` (registered names) holds no ASAP-Net model
-    (it would change nothing)."""
-    from asapbench.models.asapnet import LOWRES_CONVS
-
+def _asapnet_choice(flag: str, value: Any, choices: Sequence[str], models: Sequence[str]) -> str | None:
+    """An ASAP-Net inference-form option's value (None: the model's default), checked: UserError naming the choices
+    for an unknown value, and for a value given when ``models`` (registered names) holds no ASAP-Net model (it would
+    change nothing)."""
     if value is None:
         return None
     v = value.value if isinstance(value, Enum) else str(value)
-    if v not in LOWRES_CONVS:
-        raise UserError(f"unknown --lowres-conv {v!r}; choose one of: {', '.join(LOWRES_CONVS)}")
+    if v not in choices:
+        raise UserError(f"unknown {flag} {v!r}; choose one of: {', '.join(choices)}")
     if models and not any((get_spec(m).family or get_spec(m).name) == "asapnet" for m in models):
-        raise UserError(f"--lowres-conv applies to ASAP-Net models only, and {', '.join(models)} has none; "
-                        "leave --lowres-conv out or add --model asapnet")
+        raise UserError(f"{flag} applies to ASAP-Net models only, and {', '.join(models)} has none; "
+                        f"leave {flag} out or add --model asapnet")
+    return v
+
+
+def lowres_conv_choice(value: Any, models: Sequence[str] = ()) -> str | None:
+    """The --lowres-conv value of export, run and profile (:func:`_asapnet_choice`)."""
+    from asapbench.models.asapnet import LOWRES_CONVS
+
+    return _asapnet_choice("--lowres-conv", value, LOWRES_CONVS, models)
+
+
+def pixelwise_choice(value: Any, models: Sequence[str] = ()) -> str | None:
+    """The --pixelwise value of run and profile (:func:`_asapnet_choice`): ASAP-Net's pixelwise formulation. ``fused``
+    builds its kernel here (seconds, once per machine), so a missing compiler fails before any work."""
+    from asapbench.models.asapnet import PIXELWISE_IMPLS
+
+    v = _asapnet_choice("--pixelwise", value, PIXELWISE_IMPLS, models)
+    if v == "fused":
+        from asapbench.models import fused_kernel
+
+        fused_kernel.load()
     return v

@@ -425,9 +425,10 @@ def build_model(name: str, height: int, width: int, preset: str | None = None, s
 def run_profile(model: str, res: str, backend: str = "torch", precision: str = "fp32", preset: str | None = None,
                 threads: int | None = None, iters: int = 3, warmup: int = 1, seed: int = 0,
                 gemm_size: int = 2048, cast: str = "auto", input: str = "onehot",
-                lowres_conv: str | None = None) -> dict[str, Any]:
+                lowres_conv: str | None = None, pixelwise: str | None = None) -> dict[str, Any]:
     """Validate the arguments, profile, and return the JSON-able result (see the module docstring).
-    ``lowres_conv``: ASAP-Net's low-res conv form (None: the model's default; UserError for other models)."""
+    ``lowres_conv``, ``pixelwise``: ASAP-Net's low-res conv form and pixelwise formulation (None: the model's
+    default; UserError for other models)."""
     from asapbench.bounds import check_all
     from asapbench.registry import get_spec
     from asapbench.resolution import parse_resolution
@@ -451,9 +452,10 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         raise UserError(f"unknown --cast {cast!r}; choose one of: {', '.join(CASTS)}")
     if cast != "auto" and precision == "fp32":
         raise UserError(f"--cast {cast} applies to --precision bf16 only; drop --cast for fp32")
-    from asapbench.registry import lowres_conv_choice
+    from asapbench.registry import lowres_conv_choice, pixelwise_choice
 
     form = lowres_conv_choice(lowres_conv, [model])
+    impl = pixelwise_choice(pixelwise, [model])
     h, w = parse_resolution(res)
     check_all(iters=iters, warmup=warmup, threads=threads, gemm_size=gemm_size, seed=seed)
     old_threads = torch.get_num_threads()
@@ -465,6 +467,8 @@ def run_profile(model: str, res: str, backend: str = "torch", precision: str = "
         m = build_model(model, h, w, preset, seed)
         if form is not None:
             m.lowres_conv = form  # an inference form of the same weights
+        if impl is not None:
+            m.pixelwise_impl = impl
         m.set_input_mode(input)  # after the weights were made realistic (on the one-hot input), as `run` does
         x = example_input(m, 1, h, w, seed=seed)
         macs = stage_macs(m, h, w)

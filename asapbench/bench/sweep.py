@@ -61,6 +61,7 @@ class SweepConfig:
     trt: str = "auto"  # TensorRT flavour for the tensorrt backend: auto, tensorrt or rtx
     input: str = "onehot"  # what the models take: onehot (official float tensor) or labels (int32 label map)
     lowres_conv: str | None = None  # ASAP-Net's low-res 3x3 conv form (None: the model's default); a row override
+    pixelwise: str | None = None  # ASAP-Net's pixelwise formulation (None: the model's default); a row override
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,8 +92,12 @@ def _fmt_overrides(overrides: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
 
 
+#: ASAP-Net's inference forms that `run` sets: (SweepConfig field, model attribute); the same weights either way
+FORMS = (("lowres_conv", "lowres_conv"), ("pixelwise", "pixelwise_impl"))
+
+
 def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module],
-              lowres_conv: str | None = None) -> ModelPlan:
+              forms: dict[str, str] | None = None) -> ModelPlan:
     from asapbench.counting import count_macs
     from asapbench.registry import build_for_resolution, get_preset
 
@@ -107,8 +112,9 @@ def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module]
         else:
             m = build_for_resolution(name, h, w, device="meta")
             p.overrides = dict(m.overrides)
-        if lowres_conv is not None and hasattr(m, "lowres_conv") and lowres_conv != m.lowres_conv:
-            p.overrides["lowres_conv"] = lowres_conv  # built (or set, on a checkpoint's model) so; named in the row
+        for attr, value in (forms or {}).items():  # set on the built (or checkpoint's) model; named in the row
+            if hasattr(m, attr) and value != getattr(m, attr):
+                p.overrides[attr] = value
         p.preset = m.preset
         p.input_nc = getattr(m, "input_nc", None)
         p.cost = count_macs(m, h, w, batch=1)
@@ -126,19 +132,19 @@ def _plan_one(name: str, h: int, w: int, checkpoints: dict[str, torch.nn.Module]
 
 def plan_models(models: Sequence[str], resolutions: Sequence[tuple[int, int]],
                 checkpoints: dict[str, torch.nn.Module] | None = None,
-                lowres_conv: str | None = None) -> list[ModelPlan]:
+                forms: dict[str, str] | None = None) -> list[ModelPlan]:
     """Configure every model for every resolution as the paper did, check the size and count its MACs.
 
     Models are built on the meta device (no weights), so planning costs milliseconds. A resolution
     that none of the models can take raises UserError; one that only some cannot take becomes a
     plan with ``problem`` set (an ``unsupported`` row). Plans are ordered model-major, then by
-    resolution (one model in memory at a time). ``lowres_conv``: ASAP-Net's low-res conv form for the models
-    that have one, an override in their plans (:func:`build_model` applies it).
+    resolution (one model in memory at a time). ``forms``: model attribute -> value (ASAP-Net's ``lowres_conv`` and
+    ``pixelwise_impl``) for the models that have it, an override in their plans (:func:`build_model` applies it).
     """
     checkpoints = checkpoints or {}
     plans: list[ModelPlan] = []
     for h, w in resolutions:
-        batch = [_plan_one(name, h, w, checkpoints, lowres_conv) for name in models]
+        batch = [_plan_one(name, h, w, checkpoints, forms) for name in models]
         if all(p.problem for p in batch):
             raise UserError(f"no requested model can take --res {h}x{w}: {batch[0].problem}; choose another --res "
                             "(e.g. 256x512; `asapbench info --model MODEL --res HxW` checks one)")
@@ -154,13 +160,19 @@ def build_model(plan: ModelPlan, checkpoints: dict[str, torch.nn.Module], seed: 
     made realistic (:func:`asapbench.weights.realistic_model`) so that ONNX exports can be reused."""
     from asapbench.weights import realistic_model
 
-    if plan.name in checkpoints:
-        m = checkpoints[plan.name]
-        if "lowres_conv" in plan.overrides:  # an inference form: the checkpoint's weights stay
-            m.lowres_conv = plan.overrides["lowres_conv"]
-        return m
-    return realistic_model(plan.name, plan.height, plan.width, plan.preset, seed, **plan.overrides)
+    m = checkpoints.get(plan.name)  # a checkpoint's model keeps its weights; its forms are set on it
+    if m is None:  # built with the low-res form (its export file is named by it); the fused pixelwise formulation
+        kwargs = {k: v for k, v in plan.overrides.items() if k != "pixelwise_impl"}  # exports the fast one's file
+        m = realistic_model(plan.name, plan.height, plan.width, plan.preset, seed, **kwargs)
+    for _, attr in FORMS:
+        if attr in plan.overrides:
+            setattr(m, attr, plan.overrides[attr])
+    return m
 
+
+def config_forms(cfg: SweepConfig) -> dict[str, str]:
+    """The inference forms a run sets (model attribute -> value), from its config's FORMS fields."""
+    return {attr: getattr(cfg, field) for field, attr in FORMS if getattr(cfg, field) is not None}
 
 # --------------------------------------------------------------------------------------------
 # failures
@@ -390,7 +402,7 @@ def iter_sweep(cfg: SweepConfig, env: dict[str, Any] | None = None,
     env_cols = _env_columns(env)
     ckpts = checkpoint_models or {}
     if plans is None:
-        plans = plan_models(cfg.models, cfg.resolutions, ckpts, cfg.lowres_conv)
+        plans = plan_models(cfg.models, cfg.resolutions, ckpts, config_forms(cfg))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = cfg.threads or torch.get_num_threads()

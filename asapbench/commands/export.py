@@ -50,6 +50,11 @@ INPUT_HELP = ("onehot: the official float one-hot (+ instance edge) tensor; labe
 LOWRES_HELP = ("ASAP-Net's low-res 3x3 convs: winograd (Winograd F(2x2,3x3), the default), winograd4 (F(4x4,3x3): "
                "fewer multiplications, about 1.5x the direct conv's rounding error) or direct (plain conv). "
                "See docs/generators.md.")
+#: help text of --pixelwise (run and profile; checked by :func:`asapbench.registry.pixelwise_choice`)
+PIXELWISE_HELP = ("ASAP-Net's pixelwise stream in PyTorch on the CPU: fast (batched products, the default), fused (one "
+                  "kernel compiled on first use with the machine's C++ compiler: bias and activation in registers, "
+                  "blocks of pixels in cache) or reference (the literal formulation). Graph backends (onnxruntime, "
+                  "openvino, tensorrt) run the same export for all three. See docs/generators.md.")
 
 
 def input_kind(value: Any) -> str:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from asapbench.commands.export import INPUT_HELP, LOWRES_HELP
+from asapbench.commands.export import INPUT_HELP, LOWRES_HELP, PIXELWISE_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
         cast: Annotated[str, typer.Option("--cast", metavar="KIND", help="With --precision bf16: auto (what `asapbench run` times: the whole model cast, or, when that fails the parity gate, the model's mixed variant: ASAP-Net's pixelwise stream in bf16, low-res stream in fp32), whole or mixed (that one, whatever the gate says).")] = "auto",
         input: Annotated[str, typer.Option("--input", metavar="KIND", help=INPUT_HELP)] = "onehot",
         lowres_conv: Annotated[str | None, typer.Option("--lowres-conv", metavar="FORM", help=LOWRES_HELP)] = None,
+        pixelwise: Annotated[str | None, typer.Option("--pixelwise", metavar="IMPL", help=PIXELWISE_HELP)] = None,
         preset: Annotated[str | None, typer.Option("--preset", metavar="NAME", help="Preset (default: configured for --res as `asapbench run` does).")] = None,
         threads: Annotated[int | None, typer.Option("--threads", metavar="N", help="CPU threads for torch and onnxruntime (default: torch's).")] = None,
         iters: Annotated[int, typer.Option("--iters", "-n", metavar="N", help="Timed rounds (medians are reported).")] = 3,
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
         result = run_profile(model, res, backend=backend, precision=precision, preset=preset, threads=threads,
                              iters=iters, warmup=warmup, seed=seed, gemm_size=gemm_size, cast=cast, input=input,
-                             lowres_conv=lowres_conv)
+                             lowres_conv=lowres_conv, pixelwise=pixelwise)
         Console().print(render_table(result))
         if json_path is not None:
             from asapbench.fsutil import atomic_write_json, ensure_writable_dir

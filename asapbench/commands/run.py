@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from asapbench.commands.export import INPUT_HELP, LOWRES_HELP, InputKind
+from asapbench.commands.export import INPUT_HELP, LOWRES_HELP, PIXELWISE_HELP, InputKind
 from asapbench.errors import UserError
 
 DEFAULT_MODELS = ("asapnet", "pix2pixhd", "spade")
@@ -112,6 +112,7 @@ def build_config(
     trt: str = "auto",
     input: str = "onehot",
     lowres_conv: str | None = None,
+    pixelwise: str | None = None,
 ):
     """Validate command-line values into a SweepConfig (UserError on anything wrong).
 
@@ -158,15 +159,16 @@ def build_config(
         budget = None  # 0: no budget
     ckpts = _parse_checkpoints(checkpoint, model_names)
     from asapbench.commands.export import input_kind
-    from asapbench.registry import lowres_conv_choice
+    from asapbench.registry import lowres_conv_choice, pixelwise_choice
 
     kind = input_kind(input)  # UserError naming the choices
     form = lowres_conv_choice(lowres_conv, model_names)
+    pixelwise_impl = pixelwise_choice(pixelwise, model_names)
     cfg = SweepConfig(
         models=model_names, resolutions=resolutions, backends=backend_names, precisions=precisions, device=dev,
         batch=batch, budget_s=budget, checkpoints=ckpts, cuda_graph=cuda_graph, threads=threads,
         cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), seed=seed, export_check=export_check, trt=_trt_choice(trt, backend_names), input=kind,
-        lowres_conv=form, **loop,
+        lowres_conv=form, pixelwise=pixelwise_impl, **loop,
     )
     return cfg
 
@@ -205,7 +207,7 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None,
 
     import torch
 
-    from asapbench.bench.sweep import plan_models
+    from asapbench.bench.sweep import config_forms, plan_models
     from asapbench.bench.system import snapshot
 
     ckpt_models = {}
@@ -214,7 +216,7 @@ def _run_into(cfg, out_dir: Path, progress: bool | None, argv: list[str] | None,
 
         for name, path in cfg.checkpoints.items():
             ckpt_models[name] = load_generator(name, None, path).prepare_for_inference()
-    plans = plan_models(cfg.models, cfg.resolutions, ckpt_models, cfg.lowres_conv)  # bad resolutions fail here, before any work
+    plans = plan_models(cfg.models, cfg.resolutions, ckpt_models, config_forms(cfg))  # bad resolutions fail here, before any work
     env = snapshot(argv)
     if any(b.startswith("onnxruntime") for b in cfg.backends) and env.get("onnxruntime_version"):
         from asapbench.bench.runner_ort import ort_providers
@@ -633,6 +635,7 @@ def register(app: typer.Typer) -> None:
         trt: Annotated[str, typer.Option("--trt", metavar="NAME", help="TensorRT flavour for --backends tensorrt: auto (whichever is installed), tensorrt (enterprise) or rtx (TensorRT for RTX).")] = "auto",
         input: Annotated[InputKind, typer.Option("--input", metavar="KIND", help=INPUT_HELP)] = InputKind.onehot,
         lowres_conv: Annotated[Optional[str], typer.Option("--lowres-conv", metavar="FORM", help=LOWRES_HELP)] = None,
+        pixelwise: Annotated[Optional[str], typer.Option("--pixelwise", metavar="IMPL", help=PIXELWISE_HELP)] = None,
         out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", rich_help_panel="Output", help="Output folder: each run writes bench.csv, bench.md, bench.json and latency_vs_megapixels.png to a new folder OUT/run-<time> and points OUT/latest (and OUT/bench.csv etc.) at it; earlier runs are kept.")] = Path(DEFAULT_OUT),
         progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", metavar="", rich_help_panel="Output", help="Progress bar and live table (default: when stderr is a terminal).")] = None,
     ) -> None:
@@ -641,7 +644,7 @@ def register(app: typer.Typer) -> None:
             out=out, progress=progress, models=models, res=res, backends=backends, precision=precision,
             device=device, batch=batch, warmup=warmup, warmup_seconds=warmup_seconds, iters=iters,
             min_seconds=min_seconds, e2e_iters=e2e_iters, budget=budget, checkpoint=checkpoint, cuda_graph=cuda_graph,
-            threads=threads, cache_dir=cache_dir, seed=seed, export_check=export_check, trt=trt, input=input, lowres_conv=lowres_conv,
+            threads=threads, cache_dir=cache_dir, seed=seed, export_check=export_check, trt=trt, input=input, lowres_conv=lowres_conv, pixelwise=pixelwise,
         )
         if not any(r.status == "ok" for r in rows):
             raise NoTimes(no_time_summary(rows, out))

@@ -8,7 +8,7 @@ Two streams:
   ``[labels, cosine positional encoding]``, computed as one batched matrix product per layer
   over all tiles (per-pixel weights are never materialised).
 
-Two interchangeable formulations of the pixelwise stream (``pixelwise_impl``), equal to ~1e-7:
+Three interchangeable formulations of the pixelwise stream (``pixelwise_impl``), equal to ~1e-7:
 - ``"reference"``: the literal one (5-D matmul, broadcast bias add, out-of-place activations);
 - ``"fast"`` (default): tile-major ``[tiles, S*S, C]`` batches; every bias folded into the matrix
   product as an extra input row (the official parameter layout stores each layer as
@@ -20,6 +20,10 @@ Two interchangeable formulations of the pixelwise stream (``pixelwise_impl``), e
   PE @ W_PE + b``, no concatenated input), with no full-size transposes beyond the input (label channels) and
   the 3-channel output; in eval mode the tiles run in groups of about :data:`GRAPH_CHUNK_PIXELS` pixels through
   all layers (one unrolled chain per group, concatenated at the end), in training as one product per layer.
+- ``"fused"``: in eager CPU float32 inference, one compiled kernel (:mod:`asapbench.models.fused_kernel`: every
+  tile's MLP on blocks of pixels through all layers in cache, bias and activation applied in the registers; built
+  on first use with the machine's C++ compiler); anything else (export, autograd, bf16, CUDA) runs "fast", so
+  its exports are the fast formulation's.
 
 Two interchangeable forms of the low-res stream's seven 1024-wide 3x3 stride-1 convolutions (``lowres_conv``):
 ``"winograd"`` (default), the Winograd F(2x2, 3x3) inference form (:func:`winograd_conv3x3`: 16 batched
@@ -48,7 +52,7 @@ from asapbench.models.base import Generator
 from asapbench.stages import StagePlan
 
 #: formulations of the pixelwise stream (see the module docstring)
-PIXELWISE_IMPLS = ("fast", "reference")
+PIXELWISE_IMPLS = ("fast", "fused", "reference")
 #: forms of the low-res stream's 1024-wide 3x3 stride-1 convs: Winograd F(2x2,3x3), F(4x4,3x3), plain conv
 LOWRES_CONVS = ("winograd", "winograd4", "direct")
 #: output tile size m of F(m x m, 3x3) per form (0: the direct conv)
@@ -325,7 +329,7 @@ class ASAPNetGenerator(Generator):
         lr_width, lr_max_width, lr_depth: conv stream widths and number of C{max}S1 blocks.
         hr_width, hr_depth: pixelwise MLP hidden width and number of layers.
         contain_dontcare: one extra one-hot channel for a don't-care label.
-        pixelwise_impl: ``"fast"`` (default) or ``"reference"``: how the pixelwise stream is computed
+        pixelwise_impl: ``"fast"`` (default), ``"fused"`` or ``"reference"``: how the pixelwise stream is computed
             (same parameters and state dict, outputs equal to ~1e-7); also settable as an attribute.
         lowres_conv: ``"winograd"`` (default), ``"winograd4"`` or ``"direct"``: the inference form of the
             low-res stream's seven 1024-wide 3x3 stride-1 convs (module docstring; same parameters and state
@@ -425,8 +429,9 @@ class ASAPNetGenerator(Generator):
 
     # geometry -----------------------------------------------------------------------------
     def graph_variant_parts(self) -> list[str]:
-        parts = [f"pixelwise={self.pixelwise_impl}"]
-        if self.pixelwise_impl == "fast":  # the traced graph's groups of tiles (exports before them had none)
+        impl = "fast" if self.pixelwise_impl == "fused" else self.pixelwise_impl  # fused exports the fast graph
+        parts = [f"pixelwise={impl}"]
+        if impl == "fast":  # the traced graph's groups of tiles (exports before them had none)
             parts.append(f"groups={GRAPH_CHUNK_PIXELS}")
         if self.lowres_conv != "direct":  # direct: the graph (and cache keys) of before the Winograd form
             parts.append(f"lowres={self.lowres_conv}")
@@ -478,12 +483,18 @@ class ASAPNetGenerator(Generator):
         Dispatches on :attr:`pixelwise_impl`. Meta tensors (MAC counting) always take the reference
         formulation, so counted MACs do not include the folded bias rows of the fast one. The fast
         formulation runs chunked in eager inference and as one product per layer when traced,
-        exported, compiled or differentiated (training).
+        exported, compiled or differentiated (training). The fused one runs the compiled kernel on CPU float32
+        tensors in eager inference, and the fast formulation otherwise.
         """
         if self.pixelwise_dtype is not None:
             hr_in, params = hr_in.to(self.pixelwise_dtype), params.to(self.pixelwise_dtype)
         if self.pixelwise_impl == "reference" or hr_in.is_meta:
             return self.pixelwise_reference(hr_in, params)
+        if self.pixelwise_impl == "fused" and not _graph_mode(hr_in):
+            from asapbench.models import fused_kernel
+
+            if fused_kernel.usable(hr_in, params):
+                return fused_kernel.pixelwise(hr_in, params, self.pos_table, self.scale, self.mlp_channels)
         if _graph_mode(hr_in) or (torch.is_grad_enabled() and (params.requires_grad or hr_in.requires_grad)):
             return self.pixelwise_fast_graph(hr_in, params)  # traceable and differentiable (training)
         return self.pixelwise_fast_eager(hr_in, params)

@@ -4,8 +4,8 @@
         [--rounds 5] [--threads 2] [--out results/cpu-profile/peak-fraction-t2.json]
 
 One process, alternated rounds (asapbench.bench.alternate): each round runs, in turn, the pixelwise stream alone
-(the tiles' MLPs on the low-res stream's parameters, the same inputs for all) in PyTorch eager (the fast path),
-in onnxruntime and in OpenVINO on its ONNX export as asapbench exports it now (tiles in groups of about
+(the tiles' MLPs on the low-res stream's parameters, the same inputs for all) in PyTorch eager (the fast path, and
+the fused kernel of pixelwise_impl="fused": asapbench.models.fused_kernel, built for this machine), in onnxruntime and in OpenVINO on its ONNX export as asapbench exports it now (tiles in groups of about
 GRAPH_CHUNK_PIXELS pixels, one chain per group) and on the export of one product per layer over all tiles (the
 earlier graph: the groups' effect, side by side), then the peak GEMM of each library exactly as `asapbench run`
 measures it (asapbench.bench.profile: a 2048^3 torch.mm, onnxruntime MatMul, OpenVINO MatMul; fp32).
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(json.loads(Path(a.table).read_text())))
         return 0
 
+    import copy
     import tempfile
 
     import numpy as np
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from exporters.ort import make_session
 
     torch.set_num_threads(a.threads)
-    out = {"environment": snapshot(["python", "results/cpu-profile/bench_peak_fraction.py", *(argv or sys.argv[1:])]),
+    from asapbench.models import fused_kernel
+
+    out = {"fused_kernel_vector_floats": fused_kernel.load().asapbench_pixelwise_vector_width(),
+           "environment": snapshot(["python", "results/cpu-profile/bench_peak_fraction.py", *(argv or sys.argv[1:])]),
            "threads": a.threads, "rounds": a.rounds, "iters": a.iters, "graph_chunk_pixels": A.GRAPH_CHUNK_PIXELS,
            "presets": {}}
     tmp = tempfile.TemporaryDirectory(prefix="asapbench-peak-")
@@ -93,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         diffs["torch"] = float(np.abs(got - ref).max())
         cands["torch"] = lambda m=m, hr=hr, params=params: m.pixelwise(hr, params)
         libs["torch"] = "torch"
+        fused = copy.copy(m)  # the same modules and weights, the fused formulation
+        fused.pixelwise_impl = "fused"
+        with torch.inference_mode():
+            diffs["torch fused"] = float(np.abs(fused.pixelwise(hr, params).numpy() - ref).max())
+        cands["torch fused"] = lambda fused=fused, hr=hr, params=params: fused.pixelwise(hr, params)
+        libs["torch fused"] = "torch"
         for graph, (path, _n) in files.items():
             sess = make_session(str(path), threads=a.threads)
             feed = dict(zip([i.name for i in sess.get_inputs()], (feeds["hr"], feeds["params"])))
