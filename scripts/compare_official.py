@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import re
 import sys
 import time
@@ -80,7 +81,7 @@ DATASET_OPTIONS = {
 MAX_ABS_DIFF = 1e-4
 #: asapbench's default low-res conv form (rows of other forms name theirs)
 DEFAULT_FORM = "winograd"
-COLUMNS = ("preset", "resolution", "backend", "precision", "lowres_conv", "status", "official_median_ms", "official_min_ms",
+COLUMNS = ("preset", "resolution", "backend", "precision", "lowres_conv", "pixelwise", "status", "official_median_ms", "official_min_ms",
            "official_cov", "asapbench_median_ms", "asapbench_min_ms", "asapbench_cov", "ratio_median", "ratio_min",
            "round_ratio_min", "round_ratio_max", "rounds", "iters", "threads", "max_abs_diff", "note")
 _ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -244,19 +245,22 @@ class Prepared:
 @dataclass
 class Side:
     """One asapbench configuration timed against the official module: a backend x precision on one low-res conv
-    form, with the max |diff| of that form's eager output from the official one."""
+    form and pixelwise formulation, with the max |diff| of that configuration's eager output from the official one."""
 
     backend: str
     precision: str
     runner: Any
     lowres_conv: str
     max_abs_diff: float
+    pixelwise: str = "fast"
 
     @property
     def label(self) -> str:
-        """Its name in the rounds (and ``times_ms``): ``backend precision``, plus the form when not the default."""
-        base = f"{self.backend} {self.precision}"
-        return base if self.lowres_conv == DEFAULT_FORM else f"{base} {self.lowres_conv}"
+        """Its name in the rounds (and ``times_ms``): ``backend precision``, plus the form and the pixelwise
+        formulation when not the defaults."""
+        parts = [self.backend, self.precision]
+        parts += [self.lowres_conv] if self.lowres_conv != DEFAULT_FORM else []
+        return " ".join(parts + ([self.pixelwise] if self.pixelwise != "fast" else []))
 
 
 def cpu_backends(names: list[str] | None) -> list[tuple[str, str]]:
@@ -307,9 +311,10 @@ def fp32_agreement(official: Any, x: Any, official_out: Any, ours_out: Any) -> t
 
 
 def prepare(root: Path, official_cls: type, preset: str, pairs: list[tuple[str, str]], threads: int, cache_dir: Path,
-            seed: int, say, forms: tuple[str, ...] = (DEFAULT_FORM,)) -> Prepared:
-    """Build both generators for ``preset``, check that they agree (per low-res conv form in ``forms``), and open
-    every asapbench runner (each backend x precision on each form)."""
+            seed: int, say, forms: tuple[str, ...] = (DEFAULT_FORM,), impls: tuple[str, ...] = ("fast",)) -> Prepared:
+    """Build both generators for ``preset``, check that they agree (per low-res conv form in ``forms`` and pixelwise
+    formulation in ``impls``), and open every asapbench runner (each backend x precision on each form; formulations
+    other than fast on the PyTorch backends only: the graph backends run the same export for all)."""
     import copy
 
     import torch
@@ -337,10 +342,12 @@ def prepare(root: Path, official_cls: type, preset: str, pairs: list[tuple[str, 
     with torch.inference_mode():
         a = official(x)[0]
     sides, skipped, diffs = [], [], []
-    for form in forms:
-        model = ours if form == ours.lowres_conv else copy.deepcopy(ours)
-        model.lowres_conv = form  # an inference form of the same weights
-        say(f"{preset}: checking the outputs agree ({form} low-res convs)")
+    for form, impl in itertools.product(forms, impls):
+        model = ours if (form, impl) == (ours.lowres_conv, ours.pixelwise_impl) else copy.deepcopy(ours)
+        model.lowres_conv = form  # inference forms of the same weights
+        model.pixelwise_impl = impl
+        what = f"{form} low-res convs" + ("" if impl == "fast" else f", {impl} pixelwise")
+        say(f"{preset}: checking the outputs agree ({what})")
         with torch.inference_mode():
             b = model(x)
         diff = float((a - b).abs().max())
@@ -348,18 +355,20 @@ def prepare(root: Path, official_cls: type, preset: str, pairs: list[tuple[str, 
         if not diff <= MAX_ABS_DIFF:
             ok, why = fp32_agreement(official, x, a, b)
             if not ok:
-                raise Disagreement(f"{preset}: the official and asapbench ({form} low-res convs) outputs differ by max "
+                raise Disagreement(f"{preset}: the official and asapbench ({what}) outputs differ by max "
                                    f"|diff| {diff:.3g} > {MAX_ABS_DIFF:g} on the same weights and input, and {why}; "
                                    "not timed")
-            say(f"{preset}: {form}: max |diff| {diff:.3g} > {MAX_ABS_DIFF:g}, but {why}")
+            say(f"{preset}: {what}: max |diff| {diff:.3g} > {MAX_ABS_DIFF:g}, but {why}")
         for backend, prec in pairs:
+            if impl != "fast" and backend not in ("torch", "torch-compile"):
+                continue  # the same export as the fast formulation's: timed once
             reason = B.unsupported_reason(backend, "cpu", prec)
             if reason:
                 skipped.append((backend, prec, reason))
                 continue
             cell = B.Cell(model=model, x=x, height=h, width=w, batch=1, backend=backend, precision=prec, device="cpu",
                           threads=threads, cache_dir=cache_dir, seed=seed,
-                          progress=lambda s, b=backend, q=prec, f=form: say(f"{preset}: {b} {q} {f}: {s}"))
+                          progress=lambda s, b=backend, q=prec, f=what: say(f"{preset}: {b} {q} {f}: {s}"))
             try:
                 runner = B.make_runner(cell)
                 runner.prepare()
@@ -367,7 +376,7 @@ def prepare(root: Path, official_cls: type, preset: str, pairs: list[tuple[str, 
             except (B.Unsupported, B.GateFailed) as exc:
                 skipped.append((backend, prec, str(exc)))
                 continue
-            sides.append(Side(backend, prec, runner, form, diff))
+            sides.append(Side(backend, prec, runner, form, diff, impl))
     skipped = list(dict.fromkeys(skipped))  # a backend this CPU cannot run is named once, not once per form
     return Prepared(preset, h, w, official, ours, x, diffs[0], sides, skipped)
 
@@ -397,7 +406,7 @@ def rows_for(prep: Prepared, times: dict[str, list[list[float]]], threads: int, 
         c = compare(times["official"], times[side.label])
         rows.append({
             "preset": prep.preset, "resolution": res, "backend": side.backend, "precision": side.precision,
-            "lowres_conv": side.lowres_conv, "status": "ok",
+            "lowres_conv": side.lowres_conv, "pixelwise": side.pixelwise, "status": "ok",
             "official_median_ms": c.baseline.median, "official_min_ms": c.baseline.min, "official_cov": c.baseline.cov,
             "asapbench_median_ms": c.other.median, "asapbench_min_ms": c.other.min, "asapbench_cov": c.other.cov,
             "ratio_median": c.ratio_median, "ratio_min": c.ratio_min, "round_ratio_min": c.round_ratio_min,
@@ -430,8 +439,11 @@ def _f(v: Any, kind: str = "") -> str:
 
 
 def _side_name(r: dict[str, Any]) -> str:
-    """``backend precision`` of a row, with its low-res conv form in parentheses when it has one."""
+    """``backend precision`` of a row, with its low-res conv form (and a pixelwise formulation other than the fast
+    one) in parentheses when it has one."""
     form = r.get("lowres_conv")
+    if form and r.get("pixelwise", "fast") not in ("fast", ""):
+        form = f"{form}, {r['pixelwise']} pixelwise"
     return f"{r['backend']} {r['precision']}" + (f" ({form})" if form else "")
 
 
@@ -562,6 +574,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and the input")
     ap.add_argument("--lowres-conv", default="winograd", help="comma-separated forms of asapbench's low-res 3x3 "
                     "convs to time, each against the official module (winograd, winograd4, direct)")
+    ap.add_argument("--pixelwise", default="fast", help="comma-separated formulations of ASAP-Net's pixelwise stream "
+                    "for the torch backends (fast, fused, reference); the graph backends run one export for all")
     a = ap.parse_args(argv)
     a.presets = [p.strip() for p in a.presets.split(",") if p.strip()]
     bad = [p for p in a.presets if p not in PRESETS]
@@ -578,6 +592,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.lowres_conv = [lowres_conv_choice(f.strip()) for f in a.lowres_conv.split(",") if f.strip()]
     if not a.lowres_conv:
         raise UserError("--lowres-conv needs at least one form: winograd, winograd4 or direct")
+    from asapbench.registry import pixelwise_choice
+
+    a.pixelwise = list(dict.fromkeys(pixelwise_choice(f.strip()) for f in a.pixelwise.split(",") if f.strip()))
+    if not a.pixelwise:
+        raise UserError("--pixelwise needs at least one formulation: fast, fused or reference")
     return a
 
 
@@ -629,7 +648,7 @@ def _main(argv: list[str] | None) -> int:
     env.update(cpu_isa=cpu_isa(), official_path_name=root.name, official_commit=official_commit(root),
                torch_threads=a.threads)
     settings = dict(presets=a.presets, rounds=a.rounds, iters=a.iters, warmup=a.warmup, threads=a.threads,
-                    backends=[f"{b} {q}" for b, q in pairs], lowres_conv=a.lowres_conv, seed=a.seed, max_abs_diff_allowed=MAX_ABS_DIFF,
+                    backends=[f"{b} {q}" for b, q in pairs], lowres_conv=a.lowres_conv, pixelwise=a.pixelwise, seed=a.seed, max_abs_diff_allowed=MAX_ABS_DIFF,
                     stubs=stubs)
     rows: list[dict[str, Any]] = []
     times: dict[str, Any] = {}
@@ -640,7 +659,8 @@ def _main(argv: list[str] | None) -> int:
             task = progress.add_task(f"{preset}: preparing", total=None)
             t0 = time.perf_counter()
             prep = prepare(root, official_cls, preset, pairs, a.threads, cache_dir, a.seed,
-                           lambda s, task=task: progress.update(task, description=s), tuple(a.lowres_conv))
+                           lambda s, task=task: progress.update(task, description=s), tuple(a.lowres_conv),
+                           tuple(a.pixelwise))
             try:
                 n_sides = 1 + len(prep.sides)
                 progress.update(task, total=a.rounds * n_sides * (a.warmup + a.iters), completed=0,

@@ -186,6 +186,15 @@ def test_script_times_the_official_module_first_in_every_round(one_thread, tmp_p
     assert rows[0]["ratio_median"] == pytest.approx(rows[0]["official_median_ms"] / rows[0]["asapbench_median_ms"])
 
 
+def test_a_side_names_a_pixelwise_formulation_other_than_the_fast_one():
+    side = compare_official.Side("torch", "fp32", None, "winograd4", 1e-6, "fused")
+    assert side.label == "torch fp32 winograd4 fused"
+    assert compare_official.Side("torch", "fp32", None, "winograd", 1e-6).label == "torch fp32"
+    row = {"backend": "torch", "precision": "fp32", "lowres_conv": "winograd", "pixelwise": "fused"}
+    assert compare_official._side_name(row) == "torch fp32 (winograd, fused pixelwise)"
+    assert compare_official._side_name({**row, "pixelwise": "fast"}) == "torch fp32 (winograd)"
+
+
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
@@ -257,7 +266,7 @@ def test_compare_against_the_official_checkout_cityscapes_one_round(tmp_path):
         pytest.skip("ASAPBENCH_OFFICIAL is not set (point it at a checkout of https://github.com/tamarott/ASAPNet)")
     out = tmp_path / "out"
     r = script("--official", official, "--presets", "cityscapes", "--rounds", "1", "--iters", "1", "--warmup", "0",
-               "--threads", "1", "--backends", "torch,onnxruntime", "--out", str(out),
+               "--threads", "1", "--backends", "torch,onnxruntime", "--pixelwise", "fast,fused", "--out", str(out),
                "--cache-dir", os.environ.get("ASAPBENCH_CACHE") or str(tmp_path / "cache"), timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "speed-up" in r.stdout and "onnxruntime" in r.stdout
@@ -265,14 +274,16 @@ def test_compare_against_the_official_checkout_cityscapes_one_round(tmp_path):
     assert data["complete"] is True
     assert len(data["environment"]["official_commit"]) == 40
     ok = [row for row in data["rows"] if row["status"] == "ok"]
-    assert {(row["backend"], row["precision"]) for row in ok} == {("torch", "fp32"), ("onnxruntime", "fp32")}
+    assert sorted((row["backend"], row["precision"], row["pixelwise"]) for row in ok) == [
+        ("onnxruntime", "fp32", "fast"), ("torch", "fp32", "fast"), ("torch", "fp32", "fused")]
     for row in ok:
         assert row["resolution"] == "256x512" and row["rounds"] == 1
         # above 1e-4 only where the script's float64 check passed (the default Winograd low-res convs)
         assert row["max_abs_diff"] <= 10 * compare_official.MAX_ABS_DIFF
         assert row["ratio_median"] == pytest.approx(row["official_median_ms"] / row["asapbench_median_ms"])
     times = data["times_ms"]["cityscapes"]
-    assert list(times) == ["official", "torch fp32", "onnxruntime fp32"]
+    assert list(times) == ["official", "torch fp32", "onnxruntime fp32", "torch fp32 fused"]
     assert "| cityscapes | 256x512 | onnxruntime fp32 (winograd) |" in (out / "compare.md").read_text()
-    assert (out / "compare.csv").read_text().startswith("preset,resolution,backend,precision,lowres_conv,status")
+    assert "| cityscapes | 256x512 | torch fp32 (winograd, fused pixelwise) |" in (out / "compare.md").read_text()
+    assert (out / "compare.csv").read_text().startswith("preset,resolution,backend,precision,lowres_conv,pixelwise,status")
     assert all(row["lowres_conv"] == "winograd" for row in ok)  # the default form
