@@ -335,6 +335,16 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "", m
         raise bad(f"is not valid JSON ({exc})", "not valid JSON") from None
 
 
+def default_cache_dir() -> Path:
+    """Where ONNX exports, TensorRT engines, OpenVINO blobs and compiled kernels are cached: $ASAPBENCH_CACHE, else
+    $XDG_CACHE_HOME/asapbench, else ~/.cache/asapbench."""
+    env = os.environ.get("ASAPBENCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "asapbench"
+
+
 def default_file_mode() -> int:
     """The mode a plain ``open(..., "w")`` would give (mkstemp makes files private, 0600)."""
     mask = os.umask(0)

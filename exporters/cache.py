@@ -232,8 +232,8 @@ def engine_sidecar_problem(side: Any) -> str | None:
 # --------------------------------------------------------------------------------------------
 #: the file that marks a folder as an asapbench cache (written whenever asapbench uses a cache folder)
 MARKER = ".asapbench-cache"
-#: the cache's sub-folders: ONNX exports, TensorRT engines and OpenVINO compiled models
-SUBFOLDERS = ("onnx", "engines", "openvino")
+#: the cache's sub-folders: ONNX exports, TensorRT engines, OpenVINO compiled models and compiled CPU kernels
+SUBFOLDERS = ("onnx", "engines", "openvino", "kernels")
 _STEM = r"[A-Za-z0-9][A-Za-z0-9_.+-]*-\d+x\d+-(?:fp32|fp16)(?:-labels)?(?:-b\d+)?(?:-dyn)?"
 _ENGINE = _STEM + r"\.[0-9a-f]{12}\.engine"
 #: names asapbench writes in each cache sub-folder (full match)
@@ -241,6 +241,7 @@ _OWN_NAMES = {
     "onnx": re.compile(rf"{_STEM}(?:\.onnx|\.json|\.parity-failed\.json)"),
     "engines": re.compile(rf"{_ENGINE}(?:\.json)?|timing-trt[A-Za-z0-9.-]*\.cache"),
     "engines/runtime-cache": re.compile(rf"{_STEM}\.[0-9a-f]{{12}}\.[A-Za-z0-9.-]+\.rtcache"),
+    "kernels": re.compile(r"pixelwise-[0-9a-f]{16}\.so"),  # asapbench.models.fused_kernel
 }
 #: OpenVINO's compiled-model cache of one export (``openvino/<stem>.<sha12>/``, its CACHE_DIR): the blobs it writes
 _OPENVINO_DIR = re.compile(rf"openvino/{_STEM}\.[0-9a-f]{{12}}")

@@ -626,8 +626,7 @@ def _main(argv: list[str] | None) -> int:
                         + "); pass --backends torch,onnxruntime (or leave --backends out)")
     for preset in a.presets:
         official_options(root, preset)  # a missing test script: UserError before any work
-    from asapbench.commands.run import default_cache_dir
-    from asapbench.fsutil import ensure_writable_dir
+    from asapbench.fsutil import default_cache_dir, ensure_writable_dir
 
     out = ensure_writable_dir(a.out, "--out folder")
     cache_dir = Path(a.cache_dir) if a.cache_dir else default_cache_dir()

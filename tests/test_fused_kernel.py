@@ -92,6 +92,17 @@ def test_fused_runs_only_in_cpu_float32_inference(kernel_cache, monkeypatch):
     assert m.graph_variant == fast.graph_variant  # exports: the fast formulation's graph and cache key
 
 
+@needs_compiler
+def test_the_built_kernel_is_one_of_the_cache_s_own_files(kernel_cache):
+    """`asapbench cache` lists it (and --clear would delete it): not a foreign file of the cache folder."""
+    from asapbench.commands.cache import cache_listing
+
+    fused_kernel.load()
+    listing = cache_listing(kernel_cache)
+    assert any(f["path"].startswith("kernels/pixelwise-") and f["path"].endswith(".so") for f in listing["files"]), listing
+    assert listing["foreign"] == []
+
+
 def test_no_compiler_is_a_user_error_naming_the_fix(monkeypatch):
     monkeypatch.setattr(fused_kernel, "_LIB", None)
     monkeypatch.setattr(fused_kernel, "compiler", lambda: None)

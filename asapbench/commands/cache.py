@@ -2,7 +2,7 @@
 
 `asapbench run` and `asapbench export --engine trt` cache their ONNX exports (``onnx/``) and
 TensorRT engines (``engines/``) and OpenVINO compiled models (``openvino/``) under ``--cache-dir`` (default ``$ASAPBENCH_CACHE`` or
-``~/.cache/asapbench``): a default CPU sweep leaves about 1.4 GB there. A cache folder holds the marker
+``~/.cache/asapbench``; there too, in ``kernels/``, the fused pixelwise kernel that ``--pixelwise fused`` builds): a default CPU sweep leaves about 1.4 GB there. A cache folder holds the marker
 ``.asapbench-cache``; ``--clear`` deletes only the files asapbench wrote (by sub-folder and name
 pattern), takes the cache's lock so that no run is writing, and refuses a folder without the marker
 that holds anything else.
@@ -22,7 +22,7 @@ from asapbench.errors import UserError
 def cache_listing(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """asapbench's files under the cache folder with their sizes (bytes), the total, whether the folder
     is marked as a cache, and the other files (``foreign``: never deleted)."""
-    from asapbench.commands.run import default_cache_dir
+    from asapbench.fsutil import default_cache_dir
     from exporters.cache import has_marker, scan_cache
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()

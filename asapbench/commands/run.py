@@ -18,6 +18,7 @@ import typer
 
 from asapbench.commands.export import INPUT_HELP, LOWRES_HELP, PIXELWISE_HELP, InputKind
 from asapbench.errors import UserError
+from asapbench.fsutil import default_cache_dir
 
 DEFAULT_MODELS = ("asapnet", "pix2pixhd", "spade")
 DEFAULT_RES = ("256x512",)
@@ -34,15 +35,6 @@ def _split(values: Iterable[str] | None) -> list[str]:
             if part and part not in out:
                 out.append(part)
     return out
-
-
-def default_cache_dir() -> Path:
-    """Where ONNX exports and TensorRT engines are cached: $ASAPBENCH_CACHE, else ~/.cache/asapbench."""
-    env = os.environ.get("ASAPBENCH_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "asapbench"
 
 
 def resolve_device(device: str) -> str:

@@ -5,8 +5,8 @@ the activation; on the CPU those passes and the per-call overheads keep it near 
 (results/cpu-profile/). ``_pixelwise_kernel.cpp`` (shipped with the package) runs every tile's MLP on blocks of
 pixels through all layers while they are in cache, with the bias in the accumulators and the activation applied
 before the store. It is compiled once per machine, on first use, with the C++ compiler found (``$CXX``, ``g++``,
-``clang++``) and ``-O3 -march=native``, into ``<cache>/kernels/`` (``$ASAPBENCH_CACHE`` or
-``~/.cache/asapbench``), keyed by the source, the compiler's version and the CPU's flags.
+``clang++``) and ``-O3 -march=native``, into ``kernels/`` of the cache folder (:func:`asapbench.fsutil.default_cache_dir`:
+``$ASAPBENCH_CACHE`` or ``~/.cache/asapbench``), keyed by the source, the compiler's version and the CPU's flags.
 
 CPU, float32, inference only; a tracer, autograd or another device takes the fast formulation instead
 (:meth:`asapbench.models.asapnet.ASAPNetGenerator.pixelwise`). No compiler, or a build that fails, is a
@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from asapbench.errors import UserError
+from asapbench.fsutil import atomic_write, default_cache_dir
 
 SOURCE = "_pixelwise_kernel.cpp"
 FLAGS = ["-O3", "-march=native", "-pthread", "-fPIC", "-shared", "-std=c++17"]
@@ -36,11 +36,6 @@ _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 
 _FIX = "install a C++ compiler (e.g. apt install g++, or set $CXX) or use pixelwise_impl='fast'"
-
-
-def cache_root() -> Path:
-    env = os.environ.get("ASAPBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "asapbench"
 
 
 def compiler() -> str | None:
@@ -69,7 +64,7 @@ def library_path(cxx: str) -> Path:
     except (OSError, subprocess.SubprocessError) as exc:
         raise UserError(f"the C++ compiler {cxx} does not run ({exc}): {_FIX}") from exc
     key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(FLAGS).encode(), _cpu_flags().encode()]))
-    return cache_root() / "kernels" / f"pixelwise-{key.hexdigest()[:16]}.so"
+    return default_cache_dir() / "kernels" / f"pixelwise-{key.hexdigest()[:16]}.so"
 
 
 def load() -> ctypes.CDLL:
@@ -83,19 +78,15 @@ def load() -> ctypes.CDLL:
             raise UserError(f"pixelwise_impl='fused' compiles a CPU kernel but no C++ compiler was found: {_FIX}")
         path = library_path(cxx)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             with resources.as_file(resources.files("asapbench.models").joinpath(SOURCE)) as src:
-                fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-                os.close(fd)
-                try:
+
+                def build(tmp: str) -> None:
                     proc = subprocess.run([cxx, *FLAGS, "-o", tmp, str(src)], capture_output=True, text=True, timeout=600)
                     if proc.returncode != 0:
                         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                         raise UserError(f"building the fused pixelwise kernel with {cxx} failed ({last}): {_FIX}")
-                    os.replace(tmp, path)  # whole file or none: a concurrent build loses nothing
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+
+                atomic_write(path, build)  # whole library or none: a concurrent build or a failure leaves nothing half-made
         lib = ctypes.CDLL(str(path))
         lib.asapbench_pixelwise.restype = ctypes.c_int
         lib.asapbench_pixelwise.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p] + [ctypes.c_int] * 2 + [ctypes.c_long] * 2
