@@ -90,6 +90,13 @@ def test_fused_runs_only_in_cpu_float32_inference(kernel_cache, monkeypatch):
     assert calls == [1]
     fast = _model()
     assert m.graph_variant == fast.graph_variant  # exports: the fast formulation's graph and cache key
+    labels = _model().set_input_mode("labels")  # the label-map input: eager runs the kernel on the in-graph one-hot
+    labels.pixelwise_impl = "fused"
+    fast.set_input_mode("labels")
+    xl = example_input(labels, 1, 32, 64, seed=1)
+    with torch.no_grad():
+        got, want = labels(xl), fast(xl)
+    assert calls == [1, 1] and float((got - want).abs().max()) < 1e-5
 
 
 @needs_compiler

@@ -490,13 +490,18 @@ class ASAPNetGenerator(Generator):
             hr_in, params = hr_in.to(self.pixelwise_dtype), params.to(self.pixelwise_dtype)
         if self.pixelwise_impl == "reference" or hr_in.is_meta:
             return self.pixelwise_reference(hr_in, params)
-        if self.pixelwise_impl == "fused" and not _graph_mode(hr_in):
+        if _graph_mode(hr_in) or (torch.is_grad_enabled() and (params.requires_grad or hr_in.requires_grad)):
+            return self.pixelwise_fast_graph(hr_in, params)  # traceable and differentiable (training)
+        return self._pixelwise_eager(hr_in, params)
+
+    def _pixelwise_eager(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Eager inference: the compiled kernel where it runs (``pixelwise_impl="fused"`` on CPU float32 tensors),
+        else the fast formulation."""
+        if self.pixelwise_impl == "fused":
             from asapbench.models import fused_kernel
 
             if fused_kernel.usable(hr_in, params):
                 return fused_kernel.pixelwise(hr_in, params, self.pos_table, self.scale, self.mlp_channels)
-        if _graph_mode(hr_in) or (torch.is_grad_enabled() and (params.requires_grad or hr_in.requires_grad)):
-            return self.pixelwise_fast_graph(hr_in, params)  # traceable and differentiable (training)
         return self.pixelwise_fast_eager(hr_in, params)
 
     def pixelwise_reference(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -672,7 +677,7 @@ class ASAPNetGenerator(Generator):
         Traced, exported, compiled or differentiated: the fast formulation with its first layer as a row
         lookup (:meth:`_first_layer_lookup`; no product over the label channels; onnxruntime runs the whole
         model about as fast as the one-hot one, results/cpu-profile). Eager: the one-hot product of
-        :meth:`pixelwise_fast_eager` on ``onehot``,
+        :meth:`pixelwise_fast_eager` (or of the fused kernel, :meth:`_pixelwise_eager`) on ``onehot``,
         which the low-res stream needs at full resolution anyway and which the chunked ``bmm`` runs
         faster than an eager gather (268 vs 314 ms at 1024x1024, equal at 256x512; 2-core AMD EPYC,
         torch 2.13). The reference formulation and meta tensors also take ``onehot``."""
@@ -682,7 +687,7 @@ class ASAPNetGenerator(Generator):
         if self.pixelwise_impl == "reference" or x.is_meta:
             return self.pixelwise_reference(hr_in, params)
         if not (_graph_mode(x) or (torch.is_grad_enabled() and params.requires_grad)):
-            return self.pixelwise_fast_eager(hr_in, params)
+            return self._pixelwise_eager(hr_in, params)
         n, _, height, width = x.shape
         _, co, hr = self._label_layout()
         lab_t = self._tile_labels(x[:, :1])
