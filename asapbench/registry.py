@@ -170,7 +170,7 @@ def pixelwise_choice(value: Any, models: Sequence[str] = ()) -> str | None:
 
     v = _asapnet_choice("--pixelwise", value, PIXELWISE_IMPLS, models)
     if v == "fused":
-        from asapbench.models import fused_kernel
+        from asapbench.models.fused_kernel import load
 
-        fused_kernel.load()
+        load()
     return v

@@ -498,10 +498,10 @@ class ASAPNetGenerator(Generator):
         """Eager inference: the compiled kernel where it runs (``pixelwise_impl="fused"`` on CPU float32 tensors),
         else the fast formulation."""
         if self.pixelwise_impl == "fused":
-            from asapbench.models import fused_kernel
+            from asapbench.models.fused_kernel import pixelwise, usable
 
-            if fused_kernel.usable(hr_in, params):
-                return fused_kernel.pixelwise(hr_in, params, self.pos_table, self.scale, self.mlp_channels)
+            if usable(hr_in, params):
+                return pixelwise(hr_in, params, self.pos_table, self.scale, self.mlp_channels)
         return self.pixelwise_fast_eager(hr_in, params)
 
     def pixelwise_reference(self, hr_in: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
