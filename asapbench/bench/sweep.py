@@ -174,6 +174,7 @@ def config_forms(cfg: SweepConfig) -> dict[str, str]:
     """The inference forms a run sets (model attribute -> value), from its config's FORMS fields."""
     return {attr: getattr(cfg, field) for field, attr in FORMS if getattr(cfg, field) is not None}
 
+
 # --------------------------------------------------------------------------------------------
 # failures
 # --------------------------------------------------------------------------------------------
