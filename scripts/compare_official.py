@@ -549,11 +549,9 @@ def public_argv(argv: list[str]) -> list[str]:
 
 def cpu_isa() -> list[str]:
     """The SIMD / matrix ISA flags of this CPU that decide GEMM and conv speed (from /proc/cpuinfo)."""
-    from asapbench.bench import system
+    from asapbench.cpuinfo import cpu_flags
 
-    text = system._cpuinfo_text() or ""
-    m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    have = set(m.group(1).split()) if m else set()
+    have = cpu_flags() or set()
     return [f for f in _ISA if f in have]
 
 

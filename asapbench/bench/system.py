@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from asapbench.bench.timing import cpu_count
+from asapbench.cpuinfo import cpu_flags, cpuinfo_text
 from asapbench.versions import package_version
 
 #: environment keys copied into every CSV row (the full snapshot goes to bench.json)
@@ -35,7 +36,7 @@ ROW_ENV_KEYS = (
 
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (Linux) or platform, e.g. 'AMD EPYC 7763 64-Core Processor'."""
-    for line in (_cpuinfo_text() or "").splitlines():
+    for line in (cpuinfo_text() or "").splitlines():
         if line.lower().startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
@@ -44,14 +45,6 @@ def cpu_model() -> str:
 #: CPU flags (as /proc/cpuinfo spells them) that give native bf16 arithmetic: AVX-512 BF16 (Intel Cooper
 #: Lake and later, AMD Zen 4 and later) or AMX BF16 (Intel Sapphire Rapids and later)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def _cpuinfo_text() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def cpu_bf16_support(cpuinfo: str | None = None) -> tuple[bool, str]:
@@ -64,11 +57,9 @@ def cpu_bf16_support(cpuinfo: str | None = None) -> tuple[bool, str]:
     instructions torch emulates bf16 in fp32 arithmetic, which times nothing a deployment would use.
     Tests monkeypatch this function to cover both outcomes whatever the machine.
     """
-    text = _cpuinfo_text() if cpuinfo is None else cpuinfo
     need = " or ".join(BF16_CPU_FLAGS)
-    flag_lines = [ln for ln in (text or "").splitlines() if ln.lower().startswith(("flags", "features"))]
-    if flag_lines:
-        flags = set(flag_lines[0].split(":", 1)[-1].split())
+    flags = cpu_flags(cpuinfo)
+    if flags is not None:
         have = [f for f in BF16_CPU_FLAGS if f in flags]
         if have:
             return True, f"CPU flags: {', '.join(have)}"
@@ -102,11 +93,9 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
 def cpu_isa(cpuinfo: str | None = None) -> dict[str, Any]:
     """Which of :data:`ISA_FLAGS` this CPU has (``flags``: those present, in that order), read from the first
     ``flags`` line of /proc/cpuinfo (``cpuinfo``: its text, for tests); ``source`` None where there is none."""
-    text = _cpuinfo_text() if cpuinfo is None else cpuinfo
-    line = next((ln for ln in (text or "").splitlines() if ln.lower().startswith(("flags", "features"))), None)
-    if line is None:
+    have = cpu_flags(cpuinfo)
+    if have is None:
         return {"flags": [], "source": None}
-    have = set(line.split(":", 1)[-1].split())
     return {"flags": [f for f in ISA_FLAGS if f in have], "source": "/proc/cpuinfo"}
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from asapbench.cpuinfo import flags_line
 from asapbench.errors import UserError
 from asapbench.fsutil import atomic_write, default_cache_dir
 
@@ -40,20 +41,13 @@ _FIX = "install a C++ compiler (e.g. apt install g++, or set $CXX) or use pixelw
 
 def compiler() -> str | None:
     """The C++ compiler the kernel is built with: ``$CXX``, else ``g++``, else ``clang++`` (None: none found)."""
-    for name in (os.environ.get("CXX"), "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in (os.environ.get("CXX"), "g++", "clang++") if name)
+    return next((path for path in found if path), None)
 
 
 def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """What the compiler's ``-march=native`` sees, for the cache key: the CPU's flags line, else the platform."""
+    return flags_line() or platform.processor() or platform.machine()
 
 
 def library_path(cxx: str) -> Path:
@@ -96,9 +90,10 @@ def load() -> ctypes.CDLL:
 
 
 def usable(hr_in: torch.Tensor, params: torch.Tensor) -> bool:
-    """Whether the kernel can run these inputs (CPU float32 tensors, no autograd); else the fast formulation runs."""
+    """Whether the kernel can run these inputs (CPU float32 tensors); else the fast formulation runs. Only eager
+    inference asks: the model sends traced and autograd calls to the graph formulation before this."""
     return (hr_in.device.type == "cpu" and params.device.type == "cpu" and hr_in.dtype == torch.float32
-            and params.dtype == torch.float32 and not (torch.is_grad_enabled() and (hr_in.requires_grad or params.requires_grad)))
+            and params.dtype == torch.float32)
 
 
 def pixelwise(hr_in: torch.Tensor, params: torch.Tensor, pos_table: torch.Tensor, scale: int, chans: list[int]) -> torch.Tensor:
