@@ -84,3 +84,22 @@ def test_export_and_profile_take_the_form(tmp_path):
                   "1", "--gemm-size", "64", "--json", str(tmp_path / "p.json"))
     assert r.returncode == 0, r.stderr
     assert json.load(open(tmp_path / "p.json"))["lowres_conv"] == "winograd4"
+
+
+def test_two_forms_of_one_checkpoint_keep_their_own_export_files(tmp_path):
+    """A checkpoint's model gets the form set on it (its weights stay); the export's file name and key still name the
+    form, so a winograd4 run and a default run sharing a cache do not overwrite each other's file."""
+    from asapbench import create_generator
+    from asapbench.checkpoint import save_generator
+
+    ckpt = save_generator(create_generator("asapnet-tiny"), tmp_path / "g.pth")
+    cache = tmp_path / "cache"
+    for form, out in (("winograd4", "a"), (None, "b")):
+        extra = ["--lowres-conv", form] if form else []
+        r = asapbench("run", "--models", "asapnet-tiny", "--res", "32x64", "--backends", "onnxruntime", *FAST, *extra,
+                      "--checkpoint", f"asapnet-tiny={ckpt}", "--cache-dir", str(cache), "--out", str(tmp_path / out))
+        assert r.returncode == 0, r.stderr
+    sides = {p.name: json.load(open(p)) for p in (cache / "onnx").glob("*.json")}
+    variants = sorted(side["key"]["graph_variant"] for side in sides.values())
+    assert variants == ["pixelwise=fast,groups=65536,lowres=winograd", "pixelwise=fast,groups=65536,lowres=winograd4"], sides
+    assert any("lowresconvwinograd4" in name for name in sides)

@@ -401,6 +401,9 @@ class ASAPNetGenerator(Generator):
         for blk in self.lowres_stream.modules():
             if isinstance(blk, _Block):
                 blk.winograd_tile = WINOGRAD_TILE[value]
+        # recorded like a constructor option, however set, so that export file names and keys name a non-default form
+        cfg = {k: v for k, v in self.config.items() if k != "lowres_conv"}
+        self.config = cfg if value == "winograd" else {**cfg, "lowres_conv": value}
 
     def prepare_for_inference(self) -> ASAPNetGenerator:
         """Eval mode, and the Winograd-transformed weights of the low-res blocks computed now (CPU fp32/fp64
